@@ -1,0 +1,122 @@
+"""Config: the engine's defaults <- a competition's config.yaml <- experiment YAML <- key=value overrides.
+
+Everything is OmegaConf. The merged config is put in struct mode, so a misspelt key is an error
+that lists the valid keys instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+# Keys every competition understands (the interface contract of DESIGN.md), with a comment on each default.
+ENGINE_DEFAULTS = {
+    "data_dir": None,           # folder with the organisers' raw files; null -> data/<competition>
+    "run_name": None,           # runs/<competition>/<run_name>; null -> a timestamp. Re-use a name to resume.
+    "runs_dir": "runs",         # parent of every run folder
+    "experiment": None,         # name of a YAML in the competition's experiments/ (or a path) merged over config.yaml
+    "seed": 42,
+    "folds": 5,                 # K of K-fold
+    "train_folds": None,        # which folds to train, e.g. [0] or [0,2]; null -> all
+    "epochs": 3,
+    "batch_size": 32,
+    "grad_accum": 1,            # optimizer step every N batches
+    "lr": 2e-5,                 # backbone learning rate
+    "head_lr": None,            # head learning rate; null -> lr
+    "weight_decay": 0.01,
+    "optimizer": "adamw",       # adamw | adam (Adam = AdamW with weight_decay 0)
+    "scheduler": "cosine",      # cosine | linear | constant (transformers' schedules, with warm-up)
+    "warmup": 0.1,              # fraction of optimizer steps spent warming up
+    "clip_grad": 1.0,           # max grad norm; null -> no clipping
+    "eval_every": 0,            # evaluate every N optimizer steps as well as at epoch end; 0 -> epoch end only
+    "patience": 0,              # early stopping after N evaluations without improvement; 0 -> off
+    "model": None,
+    "pretrained": True,         # pretrained weights that cannot be found are an error, never a silent random init
+    "precision": "fp32",        # fp32 | bf16 | fp16 (Accelerate mixed precision)
+    "limit": None,              # train on a seeded sample of N rows (quick experiments, tests)
+    "num_workers": 0,
+    "tta": False,               # test-time augmentation at infer time (ttach for images)
+    "test_file": None,          # infer: any CSV in the competition's test format; null -> the competition's test file
+    "out": None,                # infer: where to write predictions in the submission's format
+}
+
+# Keys that may differ when an existing run is resumed or used for inference.
+RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "batch_size_infer", "data_dir", "image_dir", "runs_dir"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_args(argv: list[str] | None, description: str = "") -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help="YAML config (default: the competition's config.yaml)")
+    parser.add_argument("--submit", action="store_true", help="infer: also fill the sample submission")
+    parser.add_argument("--download", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 epochs=2")
+    return parser.parse_args(argv)
+
+
+def load_config(config_path: str | Path, overrides: list[str] | None = None,
+                experiments_dir: str | Path | None = None) -> DictConfig:
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise ConfigError(f"config file not found: {config_path}")
+    cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.load(config_path))
+    OmegaConf.set_struct(cfg, True)
+    overrides = [o for o in (overrides or []) if o]
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value")
+    dotlist = OmegaConf.from_dotlist(overrides) if overrides else OmegaConf.create({})
+    # An experiment YAML sits between config.yaml and the command line.
+    experiment = dotlist.get("experiment", cfg.get("experiment"))
+    if experiment:
+        cfg = _merge_checked(cfg, OmegaConf.load(_experiment_path(experiment, experiments_dir or
+                                                                  config_path.parent / "experiments")),
+                             f"experiment {experiment}")
+    return _merge_checked(cfg, dotlist, "command line")
+
+
+def _experiment_path(name: str, experiments_dir: Path) -> Path:
+    candidates = [Path(name), Path(experiments_dir) / name, Path(experiments_dir) / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = sorted(p.stem for p in Path(experiments_dir).glob("*.yaml"))
+    raise ConfigError(f"experiment {name!r} not found (looked for {', '.join(map(str, candidates))}); "
+                      f"available: {', '.join(available) or 'none'}")
+
+
+def _merge_checked(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(cfg, other)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise ConfigError(f"unknown config key {key!r} (from {source}). Valid keys: "
+                          f"{', '.join(sorted(_all_keys(cfg)))}") from None
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        keys.append(prefix + str(k))
+        if isinstance(v, DictConfig):
+            keys.extend(_all_keys(v, f"{prefix}{k}."))
+    return keys
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def config_diff(old: DictConfig, new: DictConfig, ignore=RUNTIME_KEYS) -> list[str]:
+    """Human-readable differences between two configs, ignoring keys that may change between calls."""
+    a = OmegaConf.to_container(old, resolve=True)
+    b = OmegaConf.to_container(new, resolve=True)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]

@@ -1,0 +1,76 @@
+"""Reading inputs with errors that name the file and column; writing outputs atomically (temp file + rename)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """Bad input: the message names the file, and the row or column where it can."""
+
+
+def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    if kwargs.get("nrows") != 0 and df.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return df
+
+
+def require_columns(df: pd.DataFrame, columns: list[str], path: str | Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+                        f"found {', '.join(map(repr, df.columns))}")
+
+
+def require_range(df: pd.DataFrame, column: str, lo: float, hi: float, path: str | Path) -> None:
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = df.index[values.isna() | (values < lo) | (values > hi)]
+    if len(bad):
+        row = bad[0]
+        raise DataError(f"{path}: column {column!r} must be numbers in [{lo}, {hi}]; "
+                        f"{len(bad)} row(s) are not, the first at data row {row + 1}: {df.loc[row, column]!r}")
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp path next to `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_json(obj, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,82 @@
+"""Competition metrics, each with its direction.
+
+Every metric takes the true targets and the predictions as stored in oof.csv / test_preds.csv:
+a 1-D array for regression and binary tasks (scores or probabilities), a 2-D array of class
+probabilities for multiclass tasks (argmax gives the label).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    greater_is_better: bool
+
+    def __call__(self, y_true, y_pred) -> float:
+        return float(self.fn(np.asarray(y_true), np.asarray(y_pred)))
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is score a better than score b (None counts as worst)?"""
+        if b is None or np.isnan(b):
+            return not np.isnan(a)
+        return a > b if self.greater_is_better else a < b
+
+
+def _squeeze(p: np.ndarray) -> np.ndarray:
+    return p[:, 0] if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+def pearson(y, p):
+    p = _squeeze(p)
+    if np.std(p) == 0 or np.std(y) == 0:
+        return 0.0  # undefined correlation; a constant prediction earns nothing
+    return pearsonr(y.astype(float), p.astype(float))[0]
+
+
+def to_labels(p: np.ndarray) -> np.ndarray:
+    """Class probabilities -> labels (argmax); 1-D binary probabilities -> 0/1 at 0.5."""
+    p = _squeeze(p)
+    return p.argmax(axis=1) if p.ndim == 2 else (p >= 0.5).astype(int)
+
+
+def macro_f1(y, p):
+    return f1_score(y, to_labels(p), average="macro")
+
+
+def accuracy(y, p):
+    return accuracy_score(y, to_labels(p))
+
+
+def roc_auc(y, p):
+    return roc_auc_score(y, _squeeze(p))
+
+
+def nmae(y, p):
+    """Normalised mean absolute error, DACON's growth metric: mean(|y - p| / |y|)."""
+    y = y.astype(float)
+    if np.any(y == 0):
+        raise ValueError("nmae is undefined for a true value of 0")
+    return np.mean(np.abs(y - _squeeze(p)) / np.abs(y))
+
+
+METRICS = {m.name: m for m in [
+    Metric("pearson", pearson, True),
+    Metric("macro_f1", macro_f1, True),
+    Metric("roc_auc", roc_auc, True),
+    Metric("accuracy", accuracy, True),
+    Metric("nmae", nmae, False),
+]}
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[name]

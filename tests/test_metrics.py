@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from common.metrics import METRICS, get_metric
+
+rng = np.random.default_rng(0)
+
+
+def test_pearson_matches_scipy():
+    y, p = rng.random(200), rng.random(200)
+    assert get_metric("pearson")(y, p) == pytest.approx(pearsonr(y, p)[0])
+    assert get_metric("pearson")(y, p[:, None]) == pytest.approx(pearsonr(y, p)[0])  # (n, 1) as in oof.csv
+
+
+def test_macro_f1_from_probabilities_matches_sklearn():
+    y = rng.integers(0, 5, 300)
+    probs = rng.random((300, 5))
+    assert get_metric("macro_f1")(y, probs) == pytest.approx(f1_score(y, probs.argmax(1), average="macro"))
+
+
+def test_roc_auc_and_accuracy_match_sklearn():
+    y = rng.integers(0, 2, 300)
+    p = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    assert get_metric("roc_auc")(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert get_metric("accuracy")(y, p) == pytest.approx(accuracy_score(y, p >= 0.5))
+
+
+def test_nmae_is_mean_relative_error_and_rejects_zero_targets():
+    y, p = np.array([10.0, 20.0, 40.0]), np.array([11.0, 18.0, 40.0])
+    assert get_metric("nmae")(y, p) == pytest.approx(np.mean([0.1, 0.1, 0.0]))
+    with pytest.raises(ValueError, match="undefined"):
+        get_metric("nmae")(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+
+
+def test_directions():
+    assert {n: m.greater_is_better for n, m in METRICS.items()} == {
+        "pearson": True, "macro_f1": True, "roc_auc": True, "accuracy": True, "nmae": False}
+    assert get_metric("nmae").better(0.1, 0.2) and not get_metric("pearson").better(0.1, 0.2)
+    assert get_metric("pearson").better(0.1, None)
+    with pytest.raises(KeyError, match="known"):
+        get_metric("rmse")

@@ -1,0 +1,132 @@
+"""USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, 1 epoch, the offline MiniLM."""
+import json
+
+import pandas as pd
+import pytest
+
+from common import cli
+from common.config import load_config
+from common.io import DataError
+from common.runs import Run
+from common.trainer import train_run
+from competitions.usppm.task import UsppmTask, other_targets
+from tests.conftest import shared_data
+
+TASK = UsppmTask()
+QUICK = ["limit=240", "epochs=1", "folds=2", "batch_size=32", "max_len=32"]
+
+
+def test_train_infer_submit_end_to_end(workdir):
+    data = shared_data("usppm")
+    metrics = cli.train(TASK, [f"data_dir={data}", "run_name=e2e", *QUICK])
+    run = Run(workdir / "runs/usppm/e2e")
+    for name in ["config.yaml", "folds.csv", "oof.csv", "metrics.json", "classes.json",
+                 "fold0/model.safetensors", "fold1/model.safetensors", "plots/learning_curves.png",
+                 "plots/oof_scatter.png"]:
+        assert (run.dir / name).is_file(), name
+    saved = json.loads(run.metrics_path.read_text())
+    assert saved["metric"] == "pearson" and saved["greater_is_better"] is True
+    assert len(saved["folds"]) == 2 and saved["cv"] == pytest.approx(metrics["cv"])
+    assert -1 <= saved["cv"] <= 1
+
+    oof, folds = pd.read_csv(run.oof_path), pd.read_csv(run.folds_path)
+    assert len(oof) == 240 and oof["pred"].notna().all() and oof["id"].is_unique
+    assert set(oof["id"]) == set(folds["id"])
+    train = pd.read_csv(data / "train.csv").set_index("id")
+    assert (pd.Series(folds["fold"].to_numpy(), index=folds["id"]).groupby(train.loc[folds["id"], "anchor"].to_numpy())
+            .nunique() == 1).all(), "an anchor leaked across folds"
+    assert load_config(run.config_path).limit == 240  # resolved config saved
+
+    sub_path = cli.infer(TASK, ["run_name=e2e", f"data_dir={data}", "--submit"])
+    sub, sample = pd.read_csv(sub_path), pd.read_csv(data / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and (sub["id"] == sample["id"]).all()
+    assert sub["score"].between(0, 1).all() and sub["score"].std() > 0
+    assert (run.dir / "test_preds.csv").is_file()
+
+    # Any CSV in the test format -> predictions in the submission format at out=.
+    custom = workdir / "few.csv"
+    pd.read_csv(data / "test.csv").iloc[:5].to_csv(custom, index=False)
+    out = cli.infer(TASK, ["run_name=e2e", f"data_dir={data}", f"test_file={custom}", f"out={workdir}/few_preds.csv"])
+    preds = pd.read_csv(out)
+    assert list(preds.columns) == ["id", "score"] and len(preds) == 5
+
+
+def test_resume_continues_at_epoch_two_and_keeps_finished_folds(workdir):
+    data = shared_data("usppm")
+    cfg = load_config(TASK.config_path, [f"data_dir={data}", "run_name=resume", "limit=120", "epochs=2",
+                                         "folds=2", "train_folds=[0]", "max_len=32"])
+
+    def killed_after_epoch_1(fold, epoch, score):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the process died right after epoch 1's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train_run(TASK, cfg.copy(), on_evaluate=killed_after_epoch_1)
+    run = Run(workdir / "runs/usppm/resume")
+    assert (run.fold_dir(0) / "last/trainer_state.json").is_file() and not run.finished_folds()
+
+    seen = []
+    train_run(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
+    assert seen == [2], "the re-run must continue at epoch 2, not start over"
+    history = pd.read_csv(run.fold_dir(0) / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert run.finished_folds() == [0] and not (run.fold_dir(0) / "last").exists()
+
+    checkpoint_time = run.checkpoint(0).stat().st_mtime_ns
+    seen.clear()
+    train_run(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
+    assert seen == [] and run.checkpoint(0).stat().st_mtime_ns == checkpoint_time  # finished fold untouched
+
+
+def test_a_changed_config_does_not_silently_reuse_a_run(workdir):
+    data = shared_data("usppm")
+    cli.train(TASK, [f"data_dir={data}", "run_name=same", "limit=60", "epochs=1", "folds=2", "max_len=16"])
+    with pytest.raises(SystemExit):
+        cli.train(TASK, [f"data_dir={data}", "run_name=same", "limit=60", "epochs=1", "folds=2", "max_len=16",
+                         "lr=1e-3"])
+
+
+def test_input_text_uses_the_models_separator_and_optional_extras(tmp_path):
+    df = pd.DataFrame({"id": ["1", "2", "3"], "anchor": ["a", "a", "b"], "target": ["t1", "t2", "t3"],
+                       "context": ["A47", "A47", "H04"]})
+    cfg = load_config(TASK.config_path, [])
+    assert TASK.texts(cfg, df, "[SEP]")[0] == "a [SEP] t1 [SEP] A47"
+    titles = tmp_path / "titles.csv"
+    pd.DataFrame({"code": ["A47", "H04"], "title": ["Furniture", "Electric communication"]}).to_csv(titles, index=False)
+    cfg = load_config(TASK.config_path, [f"cpc_titles={titles}", "group_targets=true"])
+    assert TASK.texts(cfg, df, "[SEP]")[0] == "a [SEP] t1 [SEP] A47 furniture [SEP] t2"
+    assert list(other_targets(df)) == ["t2", "t1", ""]
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("content, message", [
+    ("id,anchor,target,score\n1,a,b,0.5\n", r"train.csv: missing column\(s\) 'context'"),
+    ("id,anchor,target,context,score\n1,a,b,A47,0.5\n2,a,c,A47,1.5\n", r"'score' must be numbers in \[0.0, 1.0\].*row 2"),
+    ("id,anchor,target,context,score\n1,a,b,A47,high\n", r"'score' must be numbers"),
+    ("", "empty"),
+    ("id,anchor,target,context,score\n", "no rows"),
+    ("id,anchor,target,context,score\n1,a,b,A47,0.5\n1,a,c,A47,0.5\n", "appears twice"),
+])
+def test_bad_train_file_is_named_and_nothing_is_written(workdir, capsys, content, message):
+    data = workdir / "bad"
+    data.mkdir()
+    write(data / "train.csv", content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train(TASK, [f"data_dir={data}", "run_name=bad", "epochs=1", "folds=2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train.csv" in err
+    import re
+    assert re.search(message, err), err
+    leftovers = [p for p in workdir.rglob("*") if p.is_file() and p.parent != data]
+    assert leftovers == [], "bad input must not leave half-written outputs"
+
+
+def test_bad_test_file_is_named(workdir):
+    data = shared_data("usppm")
+    path = write(workdir / "t.csv", "id,anchor,context\n1,a,A47\n")
+    with pytest.raises(DataError, match=r"t.csv: missing column\(s\) 'target'"):
+        TASK.load_test(load_config(TASK.config_path, [f"data_dir={data}"]), path)
