@@ -1,15 +1,23 @@
 # make <c>-train|<c>-infer|<c>-submit|<c>-ensemble|<c>-tune|<c>-push|<c>-data, make demo, make test.
 #   ARGS="key=value ..."  config overrides        RUN=<name>  the run to create / resume / use
+#   RUNS="a b"  runs to blend (ensemble)           RUN2=<name> second run to compare (armyworm-gradcam)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-COMPETITIONS := usppm
+COMPETITIONS := usppm mvtec armyworm
+DEMOS  := usppm
+COMMANDS := train infer submit ensemble tune push
 RUN  ?=
+RUN2 ?=
+RUNS ?=
 ARGS ?=
+DRY_RUN ?=
 run_arg = $(if $(RUN),run_name=$(RUN))
+kit = $(PY) -m competitions
 
-.PHONY: setup demo test clean-runs $(foreach c,$(COMPETITIONS),$(c)-train $(c)-infer $(c)-submit $(c)-demo)
+TARGETS := $(foreach c,$(COMPETITIONS),$(foreach k,$(COMMANDS),$(c)-$(k)))
+.PHONY: setup demo test $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) armyworm-gradcam
 
 setup: $(STAMP)
 $(STAMP): requirements.txt
@@ -18,22 +26,33 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-demo: $(addsuffix -demo,$(COMPETITIONS))
+demo: $(addsuffix -demo,$(DEMOS))
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 $(addsuffix -demo,$(COMPETITIONS)): %-demo: $(STAMP)
-	$(PY) -m competitions.$*.demo $(ARGS)
+	$(kit) $* demo $(ARGS)
 
-$(addsuffix -train,$(COMPETITIONS)): %-train: $(STAMP)
-	$(PY) -m competitions.$*.train $(run_arg) $(ARGS)
+$(filter %-train %-infer %-submit %-tune,$(TARGETS)): $(STAMP)
+	$(kit) $(firstword $(subst -, ,$@)) $(lastword $(subst -, ,$@)) $(run_arg) $(ARGS)
 
-$(addsuffix -infer,$(COMPETITIONS)): %-infer: $(STAMP)
-	$(PY) -m competitions.$*.infer $(run_arg) $(ARGS)
+$(filter %-ensemble,$(TARGETS)): %-ensemble: $(STAMP)
+	$(kit) $* ensemble runs="$(RUNS)" $(run_arg) $(ARGS)
 
-$(addsuffix -submit,$(COMPETITIONS)): %-submit: $(STAMP)
-	$(PY) -m competitions.$*.infer --submit $(run_arg) $(ARGS)
+$(filter %-push,$(TARGETS)): %-push: $(STAMP)
+	$(kit) $* push $(run_arg) $(if $(DRY_RUN),dry_run=true) $(ARGS)
+
+armyworm-gradcam: $(STAMP)
+	$(kit) armyworm gradcam $(run_arg) $(if $(RUN2),run2=$(RUN2)) $(ARGS)
 
 usppm-data: $(STAMP)
 	$(PY) -m common.kaggle download us-patent-phrase-to-phrase-matching data/usppm
+
+mvtec-data:
+	@echo "DACON 235894 (Computer Vision 이상치 탐지): download open.zip from dacon.io (login required) and unzip it into data/mvtec/"
+	@echo "  expected: data/mvtec/{train_df.csv,test_df.csv,sample_submission.csv,train/,test/}"
+
+armyworm-data:
+	@echo "Zindi Makerere Fall Armyworm Crop Challenge: download from zindi.africa (login required) into data/armyworm/"
+	@echo "  expected: data/armyworm/{Train.csv,Test.csv,SampleSubmission.csv,Images/}"

@@ -60,6 +60,11 @@ def infer(task: Task, argv: list[str] | None = None) -> Path:
     return main(lambda: _infer(task, argv))
 
 
+def submit_command(task: Task, argv: list[str] | None = None) -> Path:
+    """make <c>-submit: infer (if the run has no test predictions yet), then fill the sample submission."""
+    return infer(task, ["--submit", *(argv or [])])
+
+
 def _infer(task: Task, argv: list[str] | None) -> Path:
     from common.predict import predict_run
 

@@ -44,6 +44,10 @@ def make_dataset(dest: Path, n_anchors: int = 60, targets_per_anchor: int = 12, 
     return dest
 
 
-if __name__ == "__main__":
-    demo.run(UsppmTask(), make_dataset, sys.argv[1:],
+def main(argv: list[str]) -> None:
+    demo.run(UsppmTask(), make_dataset, argv,
              defaults=["epochs=2", "folds=3", "batch_size=16", "lr=1e-4", "head_lr=1e-3", "max_len=32"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
