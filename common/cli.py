@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import ConfigError, load_config, parse_args
+from common.config import ConfigError, parse_args
 from common.io import DataError, read_csv, write_csv
 from common.runs import Run
 from common.submission import SubmissionError, fill_sample
@@ -18,7 +18,7 @@ USER_ERRORS = (ConfigError, DataError, SubmissionError, FileNotFoundError, Value
 
 def task_config(task: Task, argv: list[str] | None) -> tuple[DictConfig, object]:
     args = parse_args(argv)
-    return load_config(args.config or task.config_path, args.overrides), args
+    return task.config(args.overrides, args.config), args
 
 
 def run_config(task: Task, overrides: list[str]) -> tuple[Run, DictConfig]:

@@ -60,11 +60,13 @@ def parse_args(argv: list[str] | None, description: str = "") -> tuple[argparse.
 
 
 def load_config(config_path: str | Path, overrides: list[str] | None = None,
-                experiments_dir: str | Path | None = None) -> DictConfig:
+                experiments_dir: str | Path | None = None, defaults: dict | None = None) -> DictConfig:
+    """ENGINE_DEFAULTS <- defaults (a task family's keys) <- config_path <- experiment <- overrides."""
     config_path = Path(config_path)
     if not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
-    cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.load(config_path))
+    cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.create(defaults or {}),
+                          OmegaConf.load(config_path))
     OmegaConf.set_struct(cfg, True)
     overrides = [o for o in (overrides or []) if o]
     for o in overrides:

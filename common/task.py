@@ -28,6 +28,7 @@ class Task(ABC):
     fold_spec: FoldSpec = FoldSpec()
     sample_submission: str = "sample_submission.csv"
     config_path: Path              # the competition's config.yaml
+    config_defaults: dict = {}     # keys a family of tasks adds to the engine's (e.g. the image keys)
 
     # ---- abstract: data and model ---------------------------------------------------------------
     @abstractmethod
@@ -47,6 +48,11 @@ class Task(ABC):
         """pretrained=False builds the architecture only (inference loads the fold checkpoint)."""
 
     # ---- defaults -----------------------------------------------------------------------------
+    def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
+        """This competition's config: engine defaults <- family defaults <- config.yaml <- experiment <- overrides."""
+        from common.config import load_config
+        return load_config(config_path or self.config_path, overrides, defaults=self.config_defaults)
+
     def data_dir(self, cfg: DictConfig) -> Path:
         return Path(cfg.data_dir or f"data/{self.name}")
 
