@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig
 from safetensors.torch import save_file
@@ -39,8 +40,14 @@ EvalCallback = Callable[[int, int, float], None]
 def create_accelerator(cfg: DictConfig) -> Accelerator:
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        # Accelerate would quietly train in fp32 here; say so instead.
+        raise ValueError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
     # Several processes without a GPU (torchrun on a CPU machine) -> gloo; Accelerate needs cpu=True for that.
     cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    # Accelerate keeps one process-wide state; a new run in the same process (tests, Optuna trials) may ask for
+    # another precision. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=PRECISIONS[cfg.precision], gradient_accumulation_steps=cfg.grad_accum,
                        cpu=cpu)
 
