@@ -19,6 +19,11 @@ from common.io import DataError, read_csv, require_columns
 TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
 
 
+def model_inputs(batch: dict) -> dict:
+    """A batch without the engine's bookkeeping: what the model's forward takes."""
+    return {k: v for k, v in batch.items() if k not in ("index", "target")}
+
+
 class Task(ABC):
     name: str                      # folder name: competitions/<name>, runs/<name>, submissions/<name>
     kind: str                      # "regression" | "binary" | "multiclass"
@@ -104,8 +109,17 @@ class Task(ABC):
             return logits.float().sigmoid().view(-1, 1)
         return logits.float().view(-1, 1)
 
+    def train_frame(self, cfg: DictConfig, train: pd.DataFrame) -> pd.DataFrame:
+        """The rows a fold trains on, from its training split: re-sampling (replicating rare labels, thinning
+        common ones) overrides this. Sampler, dataset and loss all see the returned frame."""
+        return train
+
     def train_sampler(self, cfg: DictConfig, train: pd.DataFrame):
         return None  # None -> shuffle
+
+    def train_loss(self, cfg: DictConfig, model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
+        """The loss of one training batch. Batch-level tricks that mix inputs and targets (mixup) override this."""
+        return loss_fn(model(**model_inputs(batch)), batch["target"])
 
     def tta_model(self, cfg: DictConfig, model: nn.Module) -> nn.Module:
         if cfg.tta:

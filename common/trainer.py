@@ -30,7 +30,7 @@ from common.folds import make_folds
 from common.io import DataError, atomic_path, read_csv, read_json, write_csv, write_json
 from common.metrics import get_metric
 from common.runs import Run
-from common.task import TARGET, Task
+from common.task import TARGET, Task, model_inputs
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 # on_evaluate(fold, epoch, score) is called after every evaluation; Optuna raises TrialPruned from it.
@@ -127,14 +127,10 @@ def create_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opt
     raise ValueError(f"optimizer must be adamw or adam, got {cfg.optimizer!r}")
 
 
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k not in ("index", "target")}
-
-
 def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, train: pd.DataFrame,
                fold: int, classes: list[str], on_evaluate: EvalCallback | None = None) -> None:
     fold_dir = run.fold_dir(fold)
-    trn = train[train.fold != fold].reset_index(drop=True)
+    trn = task.train_frame(cfg, train[train.fold != fold].reset_index(drop=True)).reset_index(drop=True)
     val = train[train.fold == fold].reset_index(drop=True)
     metric = get_metric(task.metric)
     set_seed(cfg.seed + fold)
@@ -193,7 +189,7 @@ def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, 
                    disable=not accelerator.is_local_main_process)
         for batch in bar:
             with accelerator.accumulate(model):
-                loss = loss_fn(model(**model_inputs(batch)), batch["target"])
+                loss = task.train_loss(cfg, model, batch, loss_fn)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)

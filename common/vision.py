@@ -214,7 +214,7 @@ class ImageTask(Task):
         return build_transforms(cfg, train=mode == "train")
 
     def dataset(self, cfg, df, mode, run_dir):
-        targets = torch.as_tensor(df[TARGET].to_numpy()) if TARGET in df else None
+        targets = torch.tensor(df[TARGET].to_numpy()) if TARGET in df else None  # a copy: pandas arrays are read-only
         if targets is not None and self.kind == "multiclass":
             targets = targets.long()
         elif targets is not None:

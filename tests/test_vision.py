@@ -1,0 +1,117 @@
+"""The image engine (common/vision.py): offline pretrained weights that really are ImageNet weights, weights
+that cannot be found, pipelines and their per-class exclusions, the resized-image cache, ttach TTA."""
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+from sklearn.datasets import load_sample_images
+from timm.data import ImageNetInfo
+
+from common.vision import (GEOMETRIC, IMAGE_DEFAULTS, ImageCache, ImageDataset, build_transforms, create_image_model,
+                           load_backbone_weights, tta_wrap)
+from common.weights import WeightsNotFound, resolve_timm_weights
+
+
+def image_cfg(**overrides):
+    return OmegaConf.create({**IMAGE_DEFAULTS, "model": "tf_efficientnet_lite0", **overrides})
+
+
+def test_offline_lite0_weights_recognise_real_photos():
+    """The packaged efficientnet-lite0 weights, mapped by position onto timm's full 1000-class model, give a
+    sensible ImageNet top-1 on scikit-learn's two sample photos (mean/std 0.5, 224 px bilinear)."""
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    load_backbone_weights(model, resolve_timm_weights("tf_efficientnet_lite0"))
+    photos = load_sample_images()
+    batch = np.stack([cv2.resize(im, (224, 224), interpolation=cv2.INTER_LINEAR) for im in photos.images])
+    x = (torch.tensor(batch).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        top1 = model(x).argmax(1).tolist()
+    names = {p.split("/")[-1]: ImageNetInfo().index_to_description(i) for p, i in zip(photos.filenames, top1)}
+    assert names == {"china.jpg": "bell cote, bell cot", "flower.jpg": "daisy"}
+
+
+def test_image_model_gets_the_packaged_backbone_and_a_fresh_head():
+    model = create_image_model("tf_efficientnet_lite0", n_outputs=7, pretrained=True, head_dropout=0.3)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    load_backbone_weights(reference, resolve_timm_weights("tf_efficientnet_lite0"))
+    assert torch.equal(model.backbone.conv_stem.weight, reference.conv_stem.weight)
+    assert model.head[0].p == 0.3 and model.head[1].out_features == 7
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_pretrained_weights_that_cannot_be_found_are_an_error(tmp_path):
+    with pytest.raises(WeightsNotFound, match="weights file not found"):
+        create_image_model("resnet18", 3, pretrained=True, weights=str(tmp_path / "nope.pth"))
+    # Not packaged, not a Kaggle input, hub offline (conftest): an error, never a random init.
+    with pytest.raises(WeightsNotFound, match="resnet18: pretrained weights not found"):
+        create_image_model("resnet18", 3, pretrained=True)
+    wrong = tmp_path / "wrong.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), wrong)
+    with pytest.raises(WeightsNotFound, match="does not fit this architecture"):
+        create_image_model("tf_efficientnet_lite0", 3, pretrained=True, weights=str(wrong))
+
+
+def test_weights_file_by_name_into_another_architecture(tmp_path):
+    source = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "r18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_image_model("resnet18", 4, pretrained=True, weights=str(path))
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_pipelines_follow_config_and_exclude_geometric_transforms():
+    cfg = image_cfg(image_size=48, augment={"HorizontalFlip": {"p": 1.0}, "RandomRotate90": {"p": 1.0},
+                                            "RandomBrightnessContrast": {"p": 1.0}})
+    names = lambda pipeline: [type(t).__name__ for t in pipeline.transforms]  # noqa: E731
+    assert names(build_transforms(cfg, train=True)) == ["Resize", "HorizontalFlip", "RandomRotate90",
+                                                        "RandomBrightnessContrast", "Normalize", "ToTensorV2"]
+    assert names(build_transforms(cfg, train=True, exclude=GEOMETRIC)) == [
+        "Resize", "RandomBrightnessContrast", "Normalize", "ToTensorV2"]
+    assert names(build_transforms(cfg, train=False)) == ["Resize", "Normalize", "ToTensorV2"]
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    assert build_transforms(cfg, train=True)(image=image)["image"].shape == (3, 48, 48)
+    with pytest.raises(ValueError, match="no transform 'Flipp'"):
+        build_transforms(image_cfg(augment={"Flipp": {}}), train=True)
+
+
+def test_image_cache_decodes_once_per_size(tmp_path):
+    original = tmp_path / "big.png"
+    cv2.imwrite(str(original), np.full((300, 200, 3), 120, np.uint8))
+    small = ImageCache(tmp_path / "cache", 32)
+    assert small(original).shape == (32, 32, 3)
+    cached = list((tmp_path / "cache" / "32px").glob("*.png"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    small(original)
+    assert cached[0].stat().st_mtime_ns == mtime  # read back, not rewritten
+    assert ImageCache(tmp_path / "cache", 64)(original).shape == (64, 64, 3)
+    assert len(list((tmp_path / "cache").glob("*px/*.png"))) == 2
+
+
+def test_dataset_uses_one_pipeline_per_row(tmp_path):
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), np.full((40, 40, 3), 100, np.uint8))
+    per_row = [build_transforms(image_cfg(image_size=16), train=False),
+               build_transforms(image_cfg(image_size=16, augment={"InvertImg": {"p": 1.0}}), train=True)]
+    ds = ImageDataset(paths, per_row, targets=torch.tensor([0, 1]))
+    a, b = ds[0], ds[1]
+    assert a["target"] == 0 and b["index"] == 1
+    assert not torch.allclose(a["image"], b["image"])  # the second row went through its own (inverting) pipeline
+
+
+def test_tta_averages_the_model_over_every_view():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # materialise the lazy layer
+        expected = (model(x) + model(x.flip(-1))) / 2
+        assert torch.allclose(tta_wrap(model, ["hflip"])(x), expected, atol=1e-6)
+        expected = sum(model(x * f) for f in (0.9, 1.0, 1.1)) / 3
+        assert torch.allclose(tta_wrap(model, ["multiply"])(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown TTA transform"):
+        tta_wrap(model, ["spin"])
