@@ -1,0 +1,296 @@
+"""Grad-CAM for image runs (pytorch-grad-cam): where a run's models look on their out-of-fold images.
+
+Each image is explained by the fold model that never trained on it, with the run's own valid-time pipeline
+(no TTA), so the heatmap belongs to the very prediction stored in oof.csv.
+
+    python -m competitions <c> gradcam run_name=x [run2=y] [n=8] [cam_target=predicted|true] [key=value ...]
+    make armyworm-gradcam RUN=x [RUN2=y] [ARGS="n=4 gradcam_layer=backbone.layer4"]
+
+writes runs/<c>/x/plots/gradcam/:
+    <group>/<id>.png     overlay at the model's input size. Groups, binary: correct_1, correct_0, false_negative,
+                         false_positive; multiclass: correct, wrong. The n most confident rows of each group
+                         (for the errors: the worst mistakes).
+    <group>.png          contact sheet of the group
+    compare_<y>.png      the first images of each group under run x and run y side by side (y's own fold models);
+                         both runs explain the same class, so the heatmaps are comparable.
+
+Which class is explained (cam_target): `predicted` (default) shows the evidence for what the model answered: for a
+binary model the positive logit when p >= 0.5 and the negated logit otherwise (evidence for label 0), so a false
+negative shows what looked healthy to it. `true` shows the evidence for the true label instead (for a false
+negative: where the model did or did not see damage). Other keys are overrides of the run's config (data_dir,
+image_dir, gradcam_layer, batch_size, ...) and apply to both runs.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from common import cli
+from common.config import ConfigError
+from common.io import DataError, atomic_path, read_csv
+from common.plots import plt, save  # the Agg backend: files only
+from common.runs import Run
+from common.task import Task
+from common.vision import data_config
+
+OWN_KEYS = {"run2": None, "n": 8, "cam_target": "predicted"}  # gradcam's own arguments, not run config keys
+COMPARE_PER_GROUP = 2  # rows per group in the two-run sheet: 8 rows of 3 images still fit a screen
+
+
+# ---- target layer --------------------------------------------------------------------------------
+def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
+    """The module whose activations Grad-CAM weighs: `path` (e.g. backbone.layer4) if given, else the last
+    feature stage timm declares for the backbone (feature_info[-1]: layer4 of a ResNet, blocks.6 of an
+    EfficientNet), the last convolutional stage before global pooling."""
+    if path:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(f"gradcam_layer={path!r}: the model has no such module; "
+                              f"top-level modules: {', '.join(n for n, _ in model.named_children())}") from None
+    backbone = getattr(model, "backbone", model)
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise ConfigError(f"{type(backbone).__name__} declares no feature stages (timm feature_info); "
+                          f"set gradcam_layer=<module path>, e.g. backbone.<last conv stage>")
+    prefix = "backbone." if backbone is not model else ""
+    return model.get_submodule(prefix + info[-1]["module"])
+
+
+# ---- which images --------------------------------------------------------------------------------
+def pick_groups(oof: pd.DataFrame, kind: str, classes: list[str], n: int) -> dict[str, pd.DataFrame]:
+    """The n most confident OOF rows of each group, with `predicted` (class index) and `confidence` added."""
+    y = oof["target"].astype(int).to_numpy()
+    if kind == "binary":
+        p = oof["pred"].to_numpy()
+        predicted = (p >= 0.5).astype(int)
+        confidence = np.abs(p - 0.5)
+        masks = {"correct_1": (y == 1) & (predicted == 1), "correct_0": (y == 0) & (predicted == 0),
+                 "false_negative": (y == 1) & (predicted == 0), "false_positive": (y == 0) & (predicted == 1)}
+    elif kind == "multiclass":
+        probs = oof[classes].to_numpy()
+        predicted, confidence = probs.argmax(1), probs.max(1)
+        masks = {"correct": predicted == y, "wrong": predicted != y}
+    else:
+        raise ValueError(f"Grad-CAM groups right and wrong answers; a {kind} task has none")
+    frame = oof.assign(predicted=predicted, confidence=confidence)
+    return {name: frame[mask].nlargest(n, "confidence", keep="first") for name, mask in masks.items()}
+
+
+def cam_targets(kind: str, classes: np.ndarray) -> list:
+    """pytorch-grad-cam targets for the explained class of each image. A binary model has one logit: class 1 is
+    the logit, class 0 its negation (BinaryClassifierOutputTarget)."""
+    if kind == "binary":
+        return [BinaryClassifierOutputTarget(int(c)) for c in classes]
+    return [ClassifierOutputTarget(int(c)) for c in classes]
+
+
+# ---- heatmaps ------------------------------------------------------------------------------------
+def explain(task: Task, run: Run, cfg: DictConfig, rows: pd.DataFrame, explained: np.ndarray,
+            images: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of each row (id_column, fold) by its out-of-fold model for class `explained[i]`.
+    images: the task's train frame (id -> image path). Returns the inputs as the model saw them,
+    (N, H, W, 3) floats in [0, 1], and the heatmaps, (N, H, W) in [0, 1]."""
+    rows = rows.reset_index(drop=True)
+    by_id = images.set_index(images[task.id_column].astype(str))
+    missing = rows[~rows[task.id_column].astype(str).isin(by_id.index)]
+    if len(missing):
+        raise DataError(f"{len(missing)} OOF id(s) of {run.dir} are not in the train file, "
+                        f"e.g. {missing[task.id_column].iloc[0]!r}; pass the run's data_dir=")
+    frame = by_id.loc[rows[task.id_column].astype(str)].reset_index(drop=True)
+    dataset = task.dataset(cfg, frame, "valid", run.dir)
+    norm = data_config(cfg.model)
+    mean, std = np.array(norm["mean"]), np.array(norm["std"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_outputs = len(run.classes())
+    inputs, cams = [None] * len(rows), [None] * len(rows)
+    for fold, part in tqdm(rows.groupby("fold"), desc=f"Grad-CAM {run.name}", leave=False):
+        model = task.build_model(cfg, n_outputs, run.dir, pretrained=False)
+        model.load_state_dict(load_file(str(run.checkpoint(int(fold)))))
+        model.to(device).eval()
+        layer = target_layer(model, cfg.gradcam_layer)
+        cam = GradCAM(model=model, target_layers=[layer])
+        try:  # not `with GradCAM(...)`: its __exit__ swallows IndexError
+            for start in range(0, len(part), cfg.batch_size):
+                index = part.index[start:start + cfg.batch_size]
+                x = torch.stack([dataset[i]["image"] for i in index])
+                try:
+                    heat = cam(input_tensor=x, targets=cam_targets(task.kind, explained[index]))
+                except ValueError as e:  # e.g. a ViT block: tokens, not a feature map
+                    raise ConfigError(f"Grad-CAM on {type(layer).__name__} failed ({e}); set gradcam_layer= "
+                                      f"to a convolutional module with (N, C, H, W) outputs") from None
+                for i, image, h in zip(index, x, heat):
+                    inputs[i] = np.clip(image.permute(1, 2, 0).float().numpy() * std + mean, 0, 1)
+                    cams[i] = h
+        finally:
+            cam.activations_and_grads.release()
+    return np.stack(inputs).astype(np.float32), np.stack(cams)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    return show_cam_on_image(image, heat, use_rgb=True)
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return path
+
+
+def safe_name(name) -> str:
+    """An id or run name as a file name: path separators and odd characters become _."""
+    return re.sub(r"[^\w.-]+", "_", str(name))
+
+
+def overlay_name(image_id) -> str:
+    return Path(safe_name(image_id)).with_suffix(".png").name  # id_x.jpg -> id_x.png
+
+
+# ---- sheets --------------------------------------------------------------------------------------
+def contact_sheet(images: list[np.ndarray], titles: list[str], title: str, path: Path, cols: int = 4) -> Path:
+    cols = min(cols, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t in zip(axes.flat, images, titles):
+        ax.imshow(image)
+        ax.set_title(t, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def comparison_sheet(inputs: np.ndarray, columns: list[tuple[str, list[np.ndarray], list[str]]],
+                     row_labels: list[str], path: Path) -> Path:
+    """One row per image: the input, then each run's overlay (columns: (run name, overlays, per-row titles))."""
+    n_cols = 1 + len(columns)
+    fig, axes = plt.subplots(len(inputs), n_cols, figsize=(2.2 * n_cols, 2.3 * len(inputs)), squeeze=False)
+    for r, image in enumerate(inputs):
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_title(row_labels[r], fontsize=7)
+        for c, (name, overlays, titles) in enumerate(columns, start=1):
+            axes[r, c].imshow(overlays[r])
+            axes[r, c].set_title(f"{name}: {titles[r]}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    return save(fig, path)
+
+
+# ---- command -------------------------------------------------------------------------------------
+def split_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """gradcam's own key=value arguments (OWN_KEYS) and the run config overrides."""
+    own, overrides = dict(OWN_KEYS), []
+    for a in argv or []:
+        if "=" not in a:
+            raise ConfigError(f"argument {a!r} is not key=value")
+        key, value = a.split("=", 1)
+        if key in own:
+            own[key] = value
+        else:
+            overrides.append(a)
+    try:
+        own["n"] = int(own["n"])
+    except ValueError:
+        raise ConfigError(f"n must be a whole number of images per group, got {own['n']!r}") from None
+    if own["n"] < 1:
+        raise ConfigError(f"n must be at least 1, got {own['n']}")
+    if own["cam_target"] not in ("predicted", "true"):
+        raise ConfigError(f"cam_target must be predicted or true, got {own['cam_target']!r}")
+    return own, overrides
+
+
+def main(task: Task, argv: list[str] | None = None) -> Path:
+    return cli.main(lambda: run_gradcam(task, argv))
+
+
+def run_gradcam(task: Task, argv: list[str] | None = None) -> Path:
+    own, overrides = split_args(argv)
+    run, cfg = cli.run_config(task, overrides)
+    if not run.oof_path.is_file():
+        raise FileNotFoundError(f"{run.dir}: no oof.csv; Grad-CAM explains out-of-fold images of a finished run")
+    classes = run.classes()
+    groups = pick_groups(read_csv(run.oof_path), task.kind, classes, own["n"])
+    picked = pd.concat([g.assign(group=name) for name, g in groups.items()], ignore_index=True)
+    if picked.empty:
+        raise DataError(f"{run.oof_path}: no rows to explain")
+    explained = picked["predicted" if own["cam_target"] == "predicted" else "target"].astype(int).to_numpy()
+    images = task.load_train(cfg)
+    inputs, cams = explain(task, run, cfg, picked, explained, images)
+    overlays = [overlay(i, c) for i, c in zip(inputs, cams)]
+
+    out_dir = run.plots_dir / "gradcam"
+    for name in groups:
+        shutil.rmtree(out_dir / name, ignore_errors=True)  # no overlays left over from an earlier call
+        (out_dir / f"{name}.png").unlink(missing_ok=True)
+        rows = np.flatnonzero(picked["group"].to_numpy() == name)
+        if not len(rows):
+            print(f"Grad-CAM: no {name.replace('_', ' ')} in {run.oof_path}")
+            continue
+        for i in rows:
+            save_png(overlays[i], out_dir / name / overlay_name(picked[task.id_column].iloc[i]))
+        contact_sheet([overlays[i] for i in rows],
+                      [f"{picked[task.id_column].iloc[i]}\n{_caption(picked.iloc[i], cams[i], task.kind, classes)}"
+                       for i in rows],
+                      f"{run.name}: {name.replace('_', ' ')} (Grad-CAM, {own['cam_target']} class)",
+                      out_dir / f"{name}.png")
+    print(f"Grad-CAM of {len(picked)} OOF images: {out_dir}")
+
+    if own["run2"]:
+        compare_runs(task, run, own["run2"], overrides, picked, explained, inputs, cams, images, out_dir)
+    return out_dir
+
+
+def compare_runs(task: Task, run: Run, run2_name: str, overrides: list[str], picked: pd.DataFrame,
+                 explained: np.ndarray, inputs: np.ndarray, cams: np.ndarray, images: pd.DataFrame,
+                 out_dir: Path) -> Path:
+    """The first images of each group under both runs. Run 2 explains the same class with its own out-of-fold
+    model of each image (its folds may differ from run 1's; its OOF must cover the images)."""
+    run2, cfg2 = cli.run_config(task, [o for o in overrides if not o.startswith("run_name=")] +
+                                [f"run_name={run2_name}"])
+    if run2.dir == run.dir:
+        raise ConfigError(f"run2={run2_name} is the run being explained; name a different run to compare")
+    classes = run.classes()
+    if run2.classes() != classes:
+        raise DataError(f"{run.dir} and {run2.dir} predict different classes ({classes} vs {run2.classes()})")
+    sel = picked.groupby("group", sort=False).head(COMPARE_PER_GROUP).index.to_numpy()
+    oof2 = read_csv(run2.oof_path)
+    oof2.index = oof2[task.id_column].astype(str)
+    ids = picked[task.id_column].astype(str).iloc[sel]
+    missing = ids[~ids.isin(oof2.index)]
+    if len(missing):
+        raise DataError(f"{run2.oof_path}: no OOF prediction for {len(missing)} of the compared images, e.g. "
+                        f"{missing.iloc[0]!r}; compare runs trained on the same data")
+    rows2 = oof2.loc[ids].reset_index(drop=True)
+    inputs2, cams2 = explain(task, run2, cfg2, rows2, explained[sel], images)
+    columns = []
+    for r, rows, ins, hs in [(run, picked.iloc[sel], inputs[sel], cams[sel]), (run2, rows2, inputs2, cams2)]:
+        columns.append((r.name, [overlay(i, h) for i, h in zip(ins, hs)],
+                        [_caption(row, h, task.kind, classes) for (_, row), h in zip(rows.iterrows(), hs)]))
+    row_labels = [f"{picked['group'].iloc[i]}\n{picked[task.id_column].iloc[i]}" for i in sel]
+    path = comparison_sheet(inputs[sel], columns, row_labels, out_dir / f"compare_{safe_name(run2.name)}.png")
+    print(f"Grad-CAM comparison with {run2.dir}: {path}")
+    return path
+
+
+def _caption(row: pd.Series, cam: np.ndarray, kind: str, classes: list[str]) -> str:
+    """True label and prediction of an OOF row (p(class 1) for binary, the predicted class and its p otherwise);
+    `flat` marks a heatmap of zeros: no region raised the explained score (Grad-CAM keeps positive evidence only)."""
+    flat = " (flat)" if cam.max() <= 0 else ""
+    if kind == "binary":
+        return f"y={int(row['target'])} p={float(row['pred']):.3f}{flat}"
+    probs = row[classes].to_numpy(dtype=float)
+    return f"y={classes[int(row['target'])]} pred={classes[int(probs.argmax())]} p={probs.max():.2f}{flat}"
