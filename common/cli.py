@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import ConfigError, parse_args
+from common.config import ConfigError, _merge_checked, parse_args
 from common.io import DataError, read_csv, write_csv
 from common.runs import Run
 from common.submission import SubmissionError, fill_sample
@@ -33,6 +33,33 @@ def run_config(task: Task, overrides: list[str]) -> tuple[Run, DictConfig]:
     except Exception as e:
         raise ConfigError(f"bad override for run {run.dir}: {e}") from None
     return run, cfg
+
+
+def command_args(argv: list[str] | None, defaults: dict, command: str) -> DictConfig:
+    """A command's own key=value arguments (ensemble's runs=, push's dry_run=), which are not config keys:
+    defaults <- argv, a misspelt key being an error that lists the valid ones."""
+    overrides = parse_args(argv).overrides
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"{command}: argument {o!r} is not key=value")
+    cfg = OmegaConf.create(defaults)
+    OmegaConf.set_struct(cfg, True)
+    return _merge_checked(cfg, OmegaConf.from_dotlist(overrides), f"{command}'s arguments")
+
+
+def command_section(name: str, defaults: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A command's settings (tune:, kaggle:): defaults <- the config's own `name:` section, where the competition
+    has one <- the `name.*` overrides. Nested sections (tune.space) may take new keys; misspelt top keys fail."""
+    ours = [o[len(name) + 1:] for o in overrides if o.startswith(f"{name}.")]
+    for o in ours:
+        if "=" not in o:
+            raise ConfigError(f"override {name}.{o!r} is not key=value")
+    settings = OmegaConf.merge(OmegaConf.create(defaults), cfg.get(name) or {})
+    OmegaConf.set_struct(settings, True)
+    for value in settings.values():
+        if isinstance(value, DictConfig):
+            OmegaConf.set_struct(value, False)
+    return _merge_checked(settings, OmegaConf.from_dotlist(ours), f"{name}.* arguments")
 
 
 def main(fn):

@@ -33,6 +33,7 @@ class Task(ABC):
     fold_spec: FoldSpec = FoldSpec()
     sample_submission: str = "sample_submission.csv"
     config_path: Path              # the competition's config.yaml
+    kaggle_competition: str | None = None  # Kaggle slug (kernel competition_sources); None: not on Kaggle
     config_defaults: dict = {}     # keys a family of tasks adds to the engine's (e.g. the image keys)
 
     # ---- abstract: data and model ---------------------------------------------------------------
@@ -126,12 +127,17 @@ class Task(ABC):
             raise ValueError(f"{self.name} has no test-time augmentation; run with tta=false")
         return model
 
+    @property
+    def thresholded(self) -> bool:
+        """A binary task scored on labels: its probabilities become labels at 0.5 (an ensemble re-tunes that cut)."""
+        return self.kind == "binary" and self.metric in ("accuracy", "macro_f1")
+
     def submission_values(self, preds: pd.DataFrame, classes: list[str]) -> pd.Series:
         """Prediction frame (classes as columns) -> the leaderboard's target column.
         Probabilities where the metric ranks, labels where it counts."""
         if self.kind == "multiclass":
             return preds[classes].idxmax(axis=1)
-        if self.metric in ("accuracy", "macro_f1"):
+        if self.thresholded:
             return (preds["pred"] >= 0.5).astype(int)
         return preds["pred"]
 

@@ -24,6 +24,7 @@ class UsppmTask(Task):
     # Leak-safe: every anchor's rows stay in one fold; folds are balanced on the score.
     fold_spec = FoldSpec(stratify="score", group="anchor")
     config_path = Path(__file__).with_name("config.yaml")
+    kaggle_competition = "us-patent-phrase-to-phrase-matching"
 
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
         path = self.data_dir(cfg) / "train.csv"
