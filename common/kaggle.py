@@ -1,27 +1,77 @@
-"""The kaggle CLI from the kit: competition downloads (and, see below, kernel pushes).
+"""The kaggle CLI from the kit: competition downloads, and offline inference kernels for any run.
 
     python -m common.kaggle download <competition-slug> <dest>
+    make <c>-push RUN=<run> [DRY_RUN=1] [ARGS="kaggle.gpu=true kaggle.owner=me"]
+
+`push` builds, under runs/<c>/<run>/kaggle/ (or out=):
+  dataset/  a private Kaggle dataset: kit-bundle.json, kit/ (the kit's code: common/ and this competition),
+            runs/<c>/<run>/ (resolved config, fold checkpoints, backbone files; for a blend, its runs too),
+            wheels/ (pinned pure-python dependencies Kaggle's image may lack), dataset-metadata.json
+  kernel/   kernel.py + kernel-metadata.json: a script kernel with the internet off that installs the bundled wheels
+            (never from the internet), imports the kit from the dataset, predicts the test set and writes
+            submission.csv
+then runs `kaggle datasets create` (or `version`), waits for the dataset, and `kaggle kernels push`. DRY_RUN=1 only
+prints those commands. Secrets (kaggle.json, .env, keys, tokens) are never copied into the bundle.
 """
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import zipfile
 from pathlib import Path
+
+from omegaconf import DictConfig
+
+KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository whose code is bundled
+MARKER = "kit-bundle.json"                       # how the kernel finds the dataset under /kaggle/input
+KAGGLE_DEFAULTS = {
+    "owner": None,         # Kaggle username that owns the dataset and kernel; null -> KAGGLE_USERNAME or kaggle.json
+    "dataset": None,       # dataset slug; null -> <c>-<run>-kit
+    "kernel": None,        # kernel slug, also its title; null -> <c>-<run>-infer
+    "public": False,       # dataset and kernel are private unless asked
+    "gpu": False,          # run the kernel on a GPU (the big backbones need one)
+    "license": "other",    # the dataset's license, one of Kaggle's names (CC0-1.0, CC-BY-4.0, other, ...)
+    "wheels": ["omegaconf", "ttach"],  # bundled as wheels, versions pinned from requirements.txt
+}
+PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None}
+# Never bundled, wherever they sit: credentials and keys.
+SECRET_NAMES = {"kaggle.json", "access_token", ".env", ".netrc", ".git-credentials", ".pypirc", "credentials.json",
+                "client_secret.json", "id_rsa", "id_ecdsa", "id_ed25519"}
+SECRET_PATTERNS = (".env.*", "*.env", "*.pem", "*.key", "*.p12", "*secret*", "*api_token*", "*access_token*")
+# Run files inference does not need (the kernel predicts the hidden test set itself).
+RUN_SKIP = ("oof.csv", "test_preds.csv", "preds_*.csv", "folds.csv", "plots", "kaggle")
+FOLD_KEEP = ("model.safetensors", "done.json")
 
 
 class KaggleError(RuntimeError):
     pass
 
 
+def _config_dir() -> Path:
+    return Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+
+
 def credentials_found() -> bool:
     """The kaggle CLI reads KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN, or files in KAGGLE_CONFIG_DIR / ~/.kaggle."""
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY") or os.environ.get("KAGGLE_API_TOKEN"):
         return True
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
+    return (_config_dir() / "kaggle.json").is_file() or (_config_dir() / "access_token").is_file()
+
+
+def kaggle_username() -> str | None:
+    """The account name the CLI would use: KAGGLE_USERNAME, else kaggle.json's username (an access_token has none)."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    path = _config_dir() / "kaggle.json"
+    return json.loads(path.read_text()).get("username") if path.is_file() else None
 
 
 def require_cli() -> str:
@@ -49,6 +99,279 @@ def download(competition: str, dest: str | Path) -> Path:
         archive.unlink()
     print(f"{competition}: files in {dest}: {', '.join(sorted(p.name for p in dest.iterdir()))}")
     return dest
+
+
+# ---- push: bundle + kernel ---------------------------------------------------------------------------------
+def push_main(task, argv: list[str] | None = None) -> Path:
+    from common import cli
+    try:
+        return cli.main(lambda: push(task, argv))
+    except KaggleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def push(task, argv: list[str] | None) -> Path:
+    """Build the dataset and kernel folders for a run, then push them (or, dry_run=true, print the commands)."""
+    from common import cli
+    from common.config import parse_args
+    from common.runs import Run
+
+    overrides = parse_args(argv).overrides
+    args = cli.command_args([o for o in overrides if not o.startswith("kaggle.")], PUSH_ARGS, "push")
+    run = Run.open(task.name, args.run_name, args.runs_dir)
+    settings = cli.command_section("kaggle", KAGGLE_DEFAULTS, run.config(), overrides)
+    exe = None if args.dry_run else require_cli()  # missing CLI or credentials: say so before building anything
+    owner = settings.owner or kaggle_username()
+    if not owner:
+        if not args.dry_run:
+            raise KaggleError("no Kaggle username: pass kaggle.owner=<username> or set KAGGLE_USERNAME")
+        owner = "your-kaggle-username"
+        print(f"dry run: no Kaggle username found; the metadata says {owner!r} (set kaggle.owner= or KAGGLE_USERNAME)")
+    out = Path(args.out or run.dir / "kaggle")
+    dataset_dir, kernel_dir = build(task, run, settings, owner, out)
+
+    dataset_id = json.loads((dataset_dir / "dataset-metadata.json").read_text())["id"]
+    create = ["datasets", "create", "-p", str(dataset_dir), "--dir-mode", "zip", *(["--public"] if settings.public else [])]
+    version = ["datasets", "version", "-p", str(dataset_dir), "-m", f"{run.name} {time.strftime('%Y-%m-%d %H:%M')}",
+               "--dir-mode", "zip"]
+    kernel = ["kernels", "push", "-p", str(kernel_dir)]
+    if not task.kaggle_competition:
+        print(f"{task.name} is not a Kaggle competition: the kernel has no competition_sources; add a dataset with "
+              f"its data (the kernel looks for {task.sample_submission} under the input folder)")
+    if args.dry_run:
+        print("dry run: the folders are left to inspect; a push would run")
+        print(f"  kaggle {shlex.join(create)}\n    (or, when {dataset_id} exists: kaggle {shlex.join(version)})")
+        print(f"  kaggle {shlex.join(kernel)}    (once the dataset is ready)")
+        return out
+    exists = subprocess.run([exe, "datasets", "status", dataset_id], capture_output=True).returncode == 0
+    _kaggle(exe, version if exists else create)
+    wait_until_ready(exe, dataset_id)
+    _kaggle(exe, kernel)
+    print(f"pushed: dataset {dataset_id}, kernel {json.loads((kernel_dir / 'kernel-metadata.json').read_text())['id']}")
+    return out
+
+
+def _kaggle(exe: str, command: list[str]) -> None:
+    print(f"kaggle {shlex.join(command)}")
+    result = subprocess.run([exe, *command])
+    if result.returncode != 0:
+        raise KaggleError(f"kaggle {' '.join(command[:2])} failed (exit {result.returncode})")
+
+
+def wait_until_ready(exe: str, dataset_id: str, timeout_s: int = 1800) -> None:
+    """A kernel can only mount a dataset once Kaggle has processed its new version."""
+    started = time.time()
+    while time.time() - started < timeout_s:
+        status = subprocess.run([exe, "datasets", "status", dataset_id], capture_output=True, text=True).stdout.strip()
+        if status == "ready":
+            return
+        if status == "error":
+            raise KaggleError(f"Kaggle could not process the dataset {dataset_id}; see its page on kaggle.com")
+        print(f"dataset {dataset_id}: {status or 'not visible yet'}; waiting")
+        time.sleep(15)
+    raise KaggleError(f"dataset {dataset_id} not ready after {timeout_s} s; push the kernel later: kaggle kernels push")
+
+
+def slug(text: str) -> str:
+    """Kaggle slugs: lower-case letters, digits and hyphens (a title made of these slugifies to itself)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path, Path]:
+    """out/dataset and out/kernel, rebuilt from scratch."""
+    dataset_slug = slug(settings.dataset or f"{task.name}-{run.name}-kit")
+    kernel_slug = slug(settings.kernel or f"{task.name}-{run.name}-infer")
+    for name, value in (("dataset", dataset_slug), ("kernel", kernel_slug)):
+        if not 6 <= len(value) <= 50:  # the kaggle CLI's limits, checked here rather than after an upload
+            raise KaggleError(f"{name} slug {value!r} must have 6 to 50 characters; pass kaggle.{name}=<slug>")
+    dataset_dir, kernel_dir = out / "dataset", out / "kernel"
+    for folder in (dataset_dir, kernel_dir):
+        shutil.rmtree(folder, ignore_errors=True)
+    runs = bundle_runs(task, run, dataset_dir / "runs" / task.name)
+    copy_tree(KIT_ROOT / "common", dataset_dir / "kit" / "common")
+    for name in ("__init__.py", "__main__.py", task.name):
+        copy_tree(KIT_ROOT / "competitions" / name, dataset_dir / "kit" / "competitions" / name)
+    copy_tree(KIT_ROOT / "requirements.txt", dataset_dir / "kit" / "requirements.txt")
+    wheels = download_wheels(list(settings.wheels), dataset_dir / "wheels")
+    (dataset_dir / MARKER).write_text(json.dumps({"competition": task.name, "run": run.name, "runs": runs,
+                                                  "wheels": wheels}, indent=2) + "\n")
+    (dataset_dir / "dataset-metadata.json").write_text(json.dumps({
+        "title": dataset_slug, "id": f"{owner}/{dataset_slug}", "licenses": [{"name": settings.license}],
+    }, indent=2) + "\n")
+
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "kernel.py").write_text(KERNEL_SCRIPT.format(competition=task.name, run=run.name,
+                                                               dataset=f"{owner}/{dataset_slug}"))
+    (kernel_dir / "kernel-metadata.json").write_text(json.dumps({
+        "id": f"{owner}/{kernel_slug}", "title": kernel_slug, "code_file": "kernel.py", "language": "python",
+        "kernel_type": "script", "is_private": not settings.public, "enable_gpu": bool(settings.gpu),
+        "enable_tpu": False, "enable_internet": False, "dataset_sources": [f"{owner}/{dataset_slug}"],
+        "competition_sources": [task.kaggle_competition] if task.kaggle_competition else [],
+        "kernel_sources": [], "model_sources": [],
+    }, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in dataset_dir.rglob("*") if f.is_file()) / 2**20
+    print(f"dataset folder: {dataset_dir} ({size:.1f} MiB; runs {', '.join(runs)})\nkernel folder: {kernel_dir}")
+    return dataset_dir, kernel_dir
+
+
+def bundle_runs(task, run, dest: Path) -> list[str]:
+    """Copy what inference needs of the run (a blend: of its runs too, recursively); return the run names."""
+    from common.ensemble import blend_spec
+    from common.runs import Run
+    names, spec = [run.name], blend_spec(run)
+    if spec:
+        for member in spec["runs"]:
+            names += [n for n in bundle_runs(task, Run(run.dir.parent / member), dest) if n not in names]
+    elif not run.finished_folds():
+        raise FileNotFoundError(f"run {run.dir} has no finished fold to predict with; train it first")
+    for entry in sorted(run.dir.iterdir()):
+        if any(fnmatch.fnmatch(entry.name, pattern) for pattern in RUN_SKIP):
+            continue
+        if re.fullmatch(r"fold\d+", entry.name):
+            for name in FOLD_KEEP:
+                if (entry / name).is_file():
+                    copy_tree(entry / name, dest / run.name / entry.name / name)
+        else:
+            copy_tree(entry, dest / run.name / entry.name)
+    return names
+
+
+def is_secret(path: Path) -> bool:
+    return path.name in SECRET_NAMES or any(fnmatch.fnmatch(path.name, p) for p in SECRET_PATTERNS)
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a file or folder, leaving out caches and anything that looks like a secret (said aloud)."""
+    if is_secret(src):
+        print(f"left out of the bundle (looks like a secret): {src}")
+        return
+    if src.is_dir():
+        for child in sorted(src.iterdir()):
+            if child.name not in ("__pycache__", ".git", ".ipynb_checkpoints") and child.suffix != ".pyc":
+                copy_tree(child, dest / child.name)
+    elif src.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+
+
+def download_wheels(names: list[str], dest: Path) -> list[str]:
+    """Wheels of `names` at the versions pinned in requirements.txt (pip download: run where PyPI is reachable)."""
+    if not names:
+        return []
+    pins = {}
+    for line in (KIT_ROOT / "requirements.txt").read_text().splitlines():
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s#;]+)", line)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = f"{m.group(1)}=={m.group(2)}"
+    requirements = [pins.get(n.lower().replace("_", "-"), n) for n in names]
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                             "--dest", str(dest), *requirements], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise KaggleError(f"pip download {' '.join(requirements)} failed (PyPI unreachable?): "
+                          f"{result.stderr.strip()[-500:]}. Bundle without them: kaggle.wheels=[]")
+    return requirements
+
+
+KERNEL_SCRIPT = '''"""Offline inference for {competition} run {run}, written by `make {competition}-push`.
+
+Kaggle runs it with the internet off. It installs nothing from the internet (only the wheels inside the dataset
+{dataset}), imports the kit from that dataset, predicts the test set with the run's fold checkpoints and writes
+submission.csv in the working folder.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+COMPETITION, RUN = {competition!r}, {run!r}
+INPUT = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))  # another root runs the kernel off Kaggle
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub: the backbone's files are in the run folder
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def find_bundle() -> Path:
+    for depth in range(1, 5):  # datasets mount at /kaggle/input/<slug>/ or deeper, depending on the image
+        found = sorted(INPUT.glob("*/" * depth + "kit-bundle.json"))
+        if found:
+            return found[0].parent
+    sys.exit(f"no kit-bundle.json under {{INPUT}}: add the dataset {dataset} to the kernel's inputs")
+
+
+bundle = find_bundle()
+wheels = sorted(str(p) for p in (bundle / "wheels").glob("*.whl"))
+if wheels:  # --no-index: pip installs these files and never looks online
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels])
+sys.path.insert(0, str(bundle / "kit"))
+
+from common.kaggle import kernel_main  # noqa: E402  (importable once the bundle is on the path)
+from competitions.__main__ import load_task  # noqa: E402
+
+kernel_main(load_task(COMPETITION), RUN, bundle, INPUT, Path.cwd())
+'''
+
+
+def kernel_main(task, run_name: str, bundle: Path, input_dir: Path, out_dir: Path) -> Path:
+    """In the kernel: predict the test set with the bundled run (a blend: each of its runs, then the blend) and
+    write out_dir/submission.csv. The input folder is read-only, so predictions go to a scratch copy of the runs."""
+    from common import cli
+    from common.runs import Run
+
+    print(f"kit: {Path(__file__).resolve().parents[1]}")
+    data_dir = find_data_dir(task, input_dir, bundle)
+    print(f"competition data: {data_dir}")
+    with tempfile.TemporaryDirectory(prefix="kit-") as tmp:
+        work = Path(tmp)
+        for run_dir in (bundle / "runs" / task.name).iterdir():
+            (work / "runs" / task.name / run_dir.name).mkdir(parents=True)
+            for entry in run_dir.iterdir():  # small files copied, checkpoint folders linked
+                target = work / "runs" / task.name / run_dir.name / entry.name
+                if entry.is_dir():
+                    target.symlink_to(entry, target_is_directory=True)
+                else:
+                    shutil.copy(entry, target)
+        run = Run(work / "runs" / task.name / run_name)
+        predict_test(task, run, data_dir)
+        cfg = run.config()
+        cfg.data_dir = str(data_dir)
+        cwd = Path.cwd()
+        os.chdir(work)  # cli.submit writes submissions/<c>/<run>.csv under the current folder
+        try:
+            submission = cli.submit(task, run, cfg).resolve()
+        finally:
+            os.chdir(cwd)
+        out = Path(out_dir) / "submission.csv"
+        shutil.copy(submission, out)
+    print(f"wrote {out}")
+    return out
+
+
+def predict_test(task, run, data_dir: Path) -> None:
+    """The run's test_preds.csv: a trained run predicts; a blend has its runs predict, then blends them."""
+    from common import cli
+    from common.ensemble import blend_spec, blend_test_predictions
+    from common.io import write_csv
+    from common.runs import Run
+
+    spec = blend_spec(run)
+    if spec is None:
+        cli.infer(task, [f"run_name={run.name}", f"runs_dir={run.dir.parent.parent}", f"data_dir={data_dir}"])
+        return
+    members = [Run(run.dir.parent / name) for name in spec["runs"]]
+    for member in members:
+        predict_test(task, member, data_dir)
+    write_csv(blend_test_predictions(task, run, members), run.test_preds_path)
+
+
+def find_data_dir(task, input_dir: Path, bundle: Path) -> Path:
+    """The folder with the competition's files: the one holding its sample submission (the competition's own
+    mount first), outside the bundle."""
+    found = [p.parent for depth in range(1, 4) for p in sorted(input_dir.glob("*/" * depth + task.sample_submission))
+             if bundle not in p.parents]
+    if not found:
+        raise FileNotFoundError(f"no {task.sample_submission} under {input_dir}: add the competition "
+                                f"({task.kaggle_competition or 'a dataset with its files'}) to the kernel's inputs")
+    return next((d for d in found if task.kaggle_competition and task.kaggle_competition in d.parts), found[0])
 
 
 if __name__ == "__main__":
