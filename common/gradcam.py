@@ -11,8 +11,8 @@ writes runs/<c>/x/plots/gradcam/:
                          false_positive; multiclass: correct, wrong. The n most confident rows of each group
                          (for the errors: the worst mistakes).
     <group>.png          contact sheet of the group
-    compare_<y>.png      the first images of each group under run x and run y side by side (y's own fold models);
-                         both runs explain the same class, so the heatmaps are comparable.
+    compare_<y>.png      the first (up to 2) images of each group under run x and run y side by side (y's own
+                         fold models); both runs explain the same class, so the heatmaps are comparable.
 
 Which class is explained (cam_target): `predicted` (default) shows the evidence for what the model answered: for a
 binary model the positive logit when p >= 0.5 and the negated logit otherwise (evidence for label 0), so a false
@@ -48,7 +48,7 @@ from common.task import Task
 from common.vision import data_config
 
 OWN_KEYS = {"run2": None, "n": 8, "cam_target": "predicted"}  # gradcam's own arguments, not run config keys
-COMPARE_PER_GROUP = 2  # rows per group in the two-run sheet: 8 rows of 3 images still fit a screen
+COMPARE_PER_GROUP = 2  # at most this many rows per group in the two-run sheet: 8 rows of 3 images fit a screen
 
 
 # ---- target layer --------------------------------------------------------------------------------
@@ -250,15 +250,16 @@ def run_gradcam(task: Task, argv: list[str] | None = None) -> Path:
     print(f"Grad-CAM of {len(picked)} OOF images: {out_dir}")
 
     if own["run2"]:
-        compare_runs(task, run, own["run2"], overrides, picked, explained, inputs, cams, images, out_dir)
+        per_group = min(own["n"], COMPARE_PER_GROUP)
+        compare_runs(task, run, own["run2"], overrides, picked, explained, inputs, cams, images, out_dir, per_group)
     return out_dir
 
 
 def compare_runs(task: Task, run: Run, run2_name: str, overrides: list[str], picked: pd.DataFrame,
                  explained: np.ndarray, inputs: np.ndarray, cams: np.ndarray, images: pd.DataFrame,
-                 out_dir: Path) -> Path:
-    """The first images of each group under both runs. Run 2 explains the same class with its own out-of-fold
-    model of each image (its folds may differ from run 1's; its OOF must cover the images)."""
+                 out_dir: Path, per_group: int) -> Path:
+    """The first `per_group` images of each group under both runs. Run 2 explains the same class with its own
+    out-of-fold model of each image (its folds may differ from run 1's; its OOF must cover the images)."""
     run2, cfg2 = cli.run_config(task, [o for o in overrides if not o.startswith("run_name=")] +
                                 [f"run_name={run2_name}"])
     if run2.dir == run.dir:
@@ -266,7 +267,7 @@ def compare_runs(task: Task, run: Run, run2_name: str, overrides: list[str], pic
     classes = run.classes()
     if run2.classes() != classes:
         raise DataError(f"{run.dir} and {run2.dir} predict different classes ({classes} vs {run2.classes()})")
-    sel = picked.groupby("group", sort=False).head(COMPARE_PER_GROUP).index.to_numpy()
+    sel = picked.groupby("group", sort=False).head(per_group).index.to_numpy()
     oof2 = read_csv(run2.oof_path)
     oof2.index = oof2[task.id_column].astype(str)
     ids = picked[task.id_column].astype(str).iloc[sel]
