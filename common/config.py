@@ -43,7 +43,7 @@ ENGINE_DEFAULTS = {
 }
 
 # Keys that may differ when an existing run is resumed or used for inference.
-RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "batch_size_infer", "data_dir", "image_dir", "runs_dir"}
+RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle"}
 
 
 class ConfigError(ValueError):
