@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import ConfigError, _merge_checked, parse_args
+from common.config import ConfigError, merge_checked, parse_args
 from common.io import DataError, read_csv, write_csv
 from common.runs import Run
 from common.submission import SubmissionError, fill_sample
@@ -44,7 +44,7 @@ def command_args(argv: list[str] | None, defaults: dict, command: str) -> DictCo
             raise ConfigError(f"{command}: argument {o!r} is not key=value")
     cfg = OmegaConf.create(defaults)
     OmegaConf.set_struct(cfg, True)
-    return _merge_checked(cfg, OmegaConf.from_dotlist(overrides), f"{command}'s arguments")
+    return merge_checked(cfg, OmegaConf.from_dotlist(overrides), f"{command}'s arguments")
 
 
 def command_section(name: str, defaults: dict, cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -59,7 +59,7 @@ def command_section(name: str, defaults: dict, cfg: DictConfig, overrides: list[
     for value in settings.values():
         if isinstance(value, DictConfig):
             OmegaConf.set_struct(value, False)
-    return _merge_checked(settings, OmegaConf.from_dotlist(ours), f"{name}.* arguments")
+    return merge_checked(settings, OmegaConf.from_dotlist(ours), f"{name}.* arguments")
 
 
 def main(fn):

@@ -76,10 +76,10 @@ def load_config(config_path: str | Path, overrides: list[str] | None = None,
     # An experiment YAML sits between config.yaml and the command line.
     experiment = dotlist.get("experiment", cfg.get("experiment"))
     if experiment:
-        cfg = _merge_checked(cfg, OmegaConf.load(_experiment_path(experiment, experiments_dir or
+        cfg = merge_checked(cfg, OmegaConf.load(_experiment_path(experiment, experiments_dir or
                                                                   config_path.parent / "experiments")),
                              f"experiment {experiment}")
-    return _merge_checked(cfg, dotlist, "command line")
+    return merge_checked(cfg, dotlist, "command line")
 
 
 def _experiment_path(name: str, experiments_dir: Path) -> Path:
@@ -92,7 +92,7 @@ def _experiment_path(name: str, experiments_dir: Path) -> Path:
                       f"available: {', '.join(available) or 'none'}")
 
 
-def _merge_checked(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def merge_checked(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
     try:
         merged = OmegaConf.merge(cfg, other)
     except ConfigKeyError as e:
