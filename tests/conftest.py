@@ -24,3 +24,21 @@ def workdir(tmp_path, monkeypatch):
     """Run in a temp folder, so runs/ and submissions/ land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+TINY_USPPM = ["limit=120", "epochs=1", "folds=2", "max_len=16", "batch_size=32"]
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory):
+    """runs_dir with two tiny USPPPM runs on the same folds: `a` (mean pooling, BCE) and `b` (CLS pooling, MSE).
+    Trained once per session; the ensemble and Kaggle tests share them."""
+    from common import cli
+    from competitions.usppm.task import UsppmTask
+
+    data = shared_data("usppm")
+    runs_dir = tmp_path_factory.mktemp("two-runs")
+    common = [f"data_dir={data}", f"runs_dir={runs_dir}", *TINY_USPPM]
+    cli.train(UsppmTask(), [*common, "run_name=a"])
+    cli.train(UsppmTask(), [*common, "run_name=b", "pooling=cls", "loss=mse", "lr=1e-4"])
+    return runs_dir

@@ -15,19 +15,6 @@ from competitions.usppm.task import UsppmTask
 from tests.conftest import shared_data
 
 TASK = UsppmTask()
-TINY = ["limit=120", "epochs=1", "folds=2", "max_len=16", "batch_size=32"]
-
-
-@pytest.fixture(scope="session")
-def two_runs(tmp_path_factory):
-    """runs_dir with runs `a` (mean pooling, BCE) and `b` (CLS pooling, MSE) on the same folds. test_kaggle.py
-    imports this fixture, which makes it a second one: a fixed folder lets that one find the runs finished."""
-    data = shared_data("usppm")
-    runs_dir = tmp_path_factory.getbasetemp() / "two-runs"
-    cli.train(TASK, [f"data_dir={data}", f"runs_dir={runs_dir}", "run_name=a", *TINY])
-    cli.train(TASK, [f"data_dir={data}", f"runs_dir={runs_dir}", "run_name=b", *TINY, "pooling=cls", "loss=mse",
-                     "lr=1e-4"])
-    return runs_dir
 
 
 def metrics(runs_dir, name):

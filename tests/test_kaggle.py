@@ -14,7 +14,6 @@ from common import ensemble, kaggle
 from common.submission import validate
 from competitions.usppm.task import UsppmTask
 from tests.conftest import REPO, shared_data
-from tests.test_ensemble import two_runs  # noqa: F401  (the session's two tiny trained runs)
 
 TASK = UsppmTask()
 SECRET = "kit-test-secret-9c41e7"  # planted in kaggle.json and .env files; must not reach the bundle
@@ -45,7 +44,7 @@ def planted_code(tmp_path, monkeypatch):
 
 
 def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
-        two_runs, workdir, planted_code, no_credentials, capsys, tmp_path):  # noqa: F811
+        two_runs, workdir, planted_code, no_credentials, capsys, tmp_path):
     runs = two_runs / "usppm"
     for run in ("a", "b"):
         (runs / run / "kaggle.json").write_text(json.dumps({"username": "me", "key": SECRET}))
@@ -96,7 +95,7 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
 
 
-def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir, no_credentials):  # noqa: F811
+def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir, no_credentials):
     out = kaggle.push_main(TASK, ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
                                   "kaggle.owner=kit-tester", "kaggle.gpu=true"])
     dataset = json.loads((out / "dataset/dataset-metadata.json").read_text())
@@ -120,7 +119,7 @@ def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir
 
 
 def test_a_competition_off_kaggle_still_gets_a_bundle_without_competition_sources(two_runs, workdir, capsys,
-                                                                                   no_credentials):  # noqa: F811
+                                                                                   no_credentials):
     class OffKaggle(UsppmTask):
         kaggle_competition = None
 
@@ -132,7 +131,7 @@ def test_a_competition_off_kaggle_still_gets_a_bundle_without_competition_source
 
 
 def test_a_push_without_credentials_says_what_to_do_and_builds_nothing(two_runs, workdir, capsys,
-                                                                     no_credentials):  # noqa: F811
+                                                                     no_credentials):
     shutil.rmtree(two_runs / "usppm/b/kaggle", ignore_errors=True)
     with pytest.raises(SystemExit) as exit_info:
         kaggle.push_main(TASK, ["run_name=b", f"runs_dir={two_runs}"])
