@@ -92,9 +92,12 @@ class CrossEncoder(nn.Module):
 
 
 def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained: bool,
-                      pooling: str = "mean", dropout: float = 0.1) -> CrossEncoder:
+                      pooling: str = "mean", dropout: float = 0.1,
+                      backbone_dropout: float | None = None) -> CrossEncoder:
     """pretrained=True loads the backbone weights (and saves its config + tokenizer into the run);
-    pretrained=False rebuilds the architecture from the run's copy, for loading a fold checkpoint offline."""
+    pretrained=False rebuilds the architecture from the run's copy, for loading a fold checkpoint offline.
+    backbone_dropout (None keeps the checkpoint's own) sets every dropout inside the backbone; 0 often
+    helps regression targets, where dropout's rescaling shifts the outputs between train and eval."""
     saved = Path(run_dir) / BACKBONE_DIR
     if pretrained:
         source = resolve_text_model(model_name)
@@ -107,4 +110,8 @@ def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained
         if not (saved / "config.json").is_file():
             raise FileNotFoundError(f"{saved}: no saved backbone config; was this run trained?")
         backbone = AutoModel.from_config(AutoConfig.from_pretrained(saved))
+    if backbone_dropout is not None:
+        for module in backbone.modules():
+            if isinstance(module, nn.Dropout):  # covers attention dropout too: HF attention reads .p
+                module.p = float(backbone_dropout)
     return CrossEncoder(backbone, n_outputs, pooling, dropout)

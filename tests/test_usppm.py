@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from common import cli
 from common.config import load_config
@@ -95,6 +96,16 @@ def test_input_text_uses_the_models_separator_and_optional_extras(tmp_path):
     cfg = load_config(TASK.config_path, [f"cpc_titles={titles}", "group_targets=true"])
     assert TASK.texts(cfg, df, "[SEP]")[0] == "a [SEP] t1 [SEP] A47 furniture [SEP] t2"
     assert list(other_targets(df)) == ["t2", "t1", ""]
+
+
+@pytest.mark.parametrize("backbone_dropout, expected", [(None, 0.1), (0, 0.0)])
+def test_backbone_dropout_sets_every_dropout_inside_the_backbone(tmp_path, backbone_dropout, expected):
+    cfg = load_config(TASK.config_path, [f"backbone_dropout={'null' if backbone_dropout is None else 0}",
+                                         "dropout=0.3"])
+    model = TASK.build_model(cfg, 1, tmp_path, pretrained=True)
+    inside = [m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)]
+    assert inside and set(inside) == {expected}       # MiniLM ships with 0.1 everywhere
+    assert model.head["dropout"].p == 0.3             # the head's own dropout is a separate key
 
 
 def write(path, text):

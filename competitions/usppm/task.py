@@ -53,7 +53,8 @@ class UsppmTask(Task):
         return PaddingCollator(load_tokenizer(cfg.model, run_dir))
 
     def build_model(self, cfg, n_outputs, run_dir, pretrained):
-        return create_text_model(cfg.model, n_outputs, run_dir, pretrained, cfg.pooling, cfg.dropout)
+        return create_text_model(cfg.model, n_outputs, run_dir, pretrained, cfg.pooling, cfg.dropout,
+                                 cfg.backbone_dropout)
 
     def loss_fn(self, cfg, train):
         if cfg.loss == "bce":
