@@ -1,6 +1,7 @@
 """USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, 1 epoch, the offline MiniLM."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -106,6 +107,24 @@ def test_backbone_dropout_sets_every_dropout_inside_the_backbone(tmp_path, backb
     inside = [m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)]
     assert inside and set(inside) == {expected}       # MiniLM ships with 0.1 everywhere
     assert model.head["dropout"].p == 0.3             # the head's own dropout is a separate key
+
+
+def test_group_by_length_batches_similar_lengths_and_repeats_under_the_same_seed():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"anchor": ["w" * n for n in rng.integers(1, 60, 800)], "target": "x", "context": "A47"})
+    assert TASK.train_sampler(load_config(TASK.config_path, []), df) is None   # default: plain shuffle
+    sampler = TASK.train_sampler(load_config(TASK.config_path, ["group_by_length=true", "batch_size=8"]), df)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(df)))                                 # every row once per epoch
+    lengths = df["anchor"].str.len().to_numpy()
+
+    def padding(order):  # what dynamic padding adds: each batch pads to its longest row
+        batches = lengths[order].reshape(-1, 8)
+        return (batches.max(1, keepdims=True) - batches).sum()
+    assert padding(order) < 0.1 * padding(rng.permutation(len(df)))
+    torch.manual_seed(0)
+    assert list(sampler) == order                                                # the trainer's per-epoch seed
 
 
 def write(path, text):

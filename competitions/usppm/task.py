@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from common.folds import FoldSpec
 from common.io import require_range
 from common.task import TARGET, Task, read_frame
-from common.text import PaddingCollator, TextDataset, create_text_model, load_tokenizer
+from common.text import PaddingCollator, TextDataset, create_text_model, length_grouped_sampler, load_tokenizer
 
 INPUT_COLUMNS = ["id", "anchor", "target", "context"]
 
@@ -49,12 +49,15 @@ class UsppmTask(Task):
         targets = torch.tensor(df[TARGET].to_numpy(), dtype=torch.float32) if TARGET in df else None
         return TextDataset(self.texts(cfg, df, tokenizer.sep_token), tokenizer, cfg.max_len, targets)
 
+    def train_sampler(self, cfg, train):
+        return length_grouped_sampler(self.texts(cfg, train, "[SEP]"), cfg.batch_size) if cfg.group_by_length else None
+
     def collate_fn(self, cfg, run_dir):
         return PaddingCollator(load_tokenizer(cfg.model, run_dir))
 
     def build_model(self, cfg, n_outputs, run_dir, pretrained):
         return create_text_model(cfg.model, n_outputs, run_dir, pretrained, cfg.pooling, cfg.dropout,
-                                 cfg.backbone_dropout)
+                                 cfg.get("backbone_dropout"))  # runs trained before the key: None
 
     def loss_fn(self, cfg, train):
         if cfg.loss == "bce":
