@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-COMPETITIONS := usppm mvtec armyworm
-DEMOS  := usppm mvtec armyworm
+COMPETITIONS := usppm mvtec armyworm codesim growth
+DEMOS  := usppm mvtec armyworm codesim growth
 COMMANDS := train infer submit ensemble tune push
 RUN  ?=
 RUN2 ?=
@@ -56,3 +56,11 @@ mvtec-data:
 armyworm-data:
 	@echo "Zindi Makerere Fall Armyworm Crop Challenge: download from zindi.africa (login required) into data/armyworm/"
 	@echo "  expected: data/armyworm/{Train.csv,Test.csv,SampleSubmission.csv,Images/}"
+
+codesim-data:
+	@echo "DACON 235900 (코드 유사성 판단 AI 경진대회): download open.zip from dacon.io (login required) and unzip it into data/codesim/"
+	@echo "  expected: data/codesim/{code/problemNNN/problemNNN_K.py,sample_train.csv,test.csv,sample_submission.csv}"
+
+growth-data:
+	@echo "DACON 235897 (생육 환경 최적화 경진대회): download the data from dacon.io (login required) into data/growth/"
+	@echo "  expected: data/growth/{train/CASEnn/{image,meta,label.csv},test/{image,meta},sample_submission.csv}"

@@ -1,15 +1,20 @@
-"""Config: the engine's defaults <- a competition's config.yaml <- experiment YAML <- key=value overrides.
+"""Config: the engine's defaults <- a task family's and the competition's declared keys <- config.yaml <- experiment
+YAML <- key=value overrides.
 
-Everything is OmegaConf. The merged config is put in struct mode, so a misspelt key is an error
-that lists the valid keys instead of being silently ignored.
+Everything is OmegaConf. Every key is declared with a default before any file is read, and the merged config is in
+struct mode, so a misspelt key, in config.yaml, an experiment or on the command line, is an error that names the
+file and the key, with the closest valid key, instead of being silently ignored.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from common.errors import ConfigError
 
 # Keys every competition understands (the interface contract of DESIGN.md), with a comment on each default.
 ENGINE_DEFAULTS = {
@@ -17,7 +22,9 @@ ENGINE_DEFAULTS = {
     "run_name": None,           # runs/<competition>/<run_name>; null -> a timestamp. Re-use a name to resume.
     "runs_dir": "runs",         # parent of every run folder
     "experiment": None,         # name of a YAML in the competition's experiments/ (or a path) merged over config.yaml
-    "seed": 42,
+    "seed": 42,                 # training seed: initialisation, shuffling, dropout, augmentation
+    "fold_seed": 42,            # the split's own seed: runs that differ only in `seed` share folds (seed averaging)
+    "folds_from": None,         # copy folds.csv from this run (a name under runs/<competition>/ or a path)
     "folds": 5,                 # K of K-fold
     "train_folds": None,        # which folds to train, e.g. [0] or [0,2]; null -> all
     "epochs": 3,
@@ -31,43 +38,47 @@ ENGINE_DEFAULTS = {
     "warmup": 0.1,              # fraction of optimizer steps spent warming up
     "clip_grad": 1.0,           # max grad norm; null -> no clipping
     "eval_every": 0,            # evaluate every N optimizer steps as well as at epoch end; 0 -> epoch end only
+    "checkpoint_every": 0,      # save resume state every N optimizer steps (mid-epoch resume); 0 -> epoch end only
     "patience": 0,              # early stopping after N evaluations without improvement; 0 -> off
     "model": None,
     "pretrained": True,         # pretrained weights that cannot be found are an error, never a silent random init
     "precision": "fp32",        # fp32 | bf16 | fp16 (Accelerate mixed precision)
-    "limit": None,              # train on a seeded sample of N rows (quick experiments, tests)
+    "limit": None,              # train on a sample of N rows (drawn with fold_seed: quick experiments, tests)
     "num_workers": 0,
-    "tta": False,               # test-time augmentation at infer time (ttach for images)
+    "tta": False,               # test-time augmentation at infer time (the task's views of each batch)
     "test_file": None,          # infer: any CSV in the competition's test format; null -> the competition's test file
     "out": None,                # infer: where to write predictions in the submission's format
+    "tune": None,               # settings of `make <c>-tune` (common/tune.py); kept out of the trials' configs
+    "kaggle": None,             # settings of `make <c>-push` (common/kaggle.py)
 }
 
 # Keys that may differ when an existing run is resumed or used for inference.
 RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle"}
 
+# Runs written before a key was renamed or added still load: old name -> new name, and the value that reproduces
+# what those runs did (fold_seed: folds were drawn with the training seed).
+RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
+ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
+              "checkpoint_every": lambda cfg: 0}
 
-class ConfigError(ValueError):
-    pass
 
-
-def parse_args(argv: list[str] | None, description: str = "") -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namespace:
+    """--config (anywhere on the line), --submit, and key=value overrides."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="YAML config (default: the competition's config.yaml)")
     parser.add_argument("--submit", action="store_true", help="infer: also fill the sample submission")
-    parser.add_argument("--download", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 epochs=2")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def load_config(config_path: str | Path, overrides: list[str] | None = None,
                 experiments_dir: str | Path | None = None, defaults: dict | None = None) -> DictConfig:
-    """ENGINE_DEFAULTS <- defaults (a task family's keys) <- config_path <- experiment <- overrides."""
+    """ENGINE_DEFAULTS <- defaults (the task's declared keys) <- config_path <- experiment <- overrides."""
     config_path = Path(config_path)
     if not config_path.is_file():
         raise ConfigError(f"config file not found: {config_path}")
-    cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.create(defaults or {}),
-                          OmegaConf.load(config_path))
-    OmegaConf.set_struct(cfg, True)
+    cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.create(defaults or {}))
+    cfg = merge_checked(cfg, _load_yaml(config_path), str(config_path))
     overrides = [o for o in (overrides or []) if o]
     for o in overrides:
         if "=" not in o:
@@ -76,10 +87,19 @@ def load_config(config_path: str | Path, overrides: list[str] | None = None,
     # An experiment YAML sits between config.yaml and the command line.
     experiment = dotlist.get("experiment", cfg.get("experiment"))
     if experiment:
-        cfg = merge_checked(cfg, OmegaConf.load(_experiment_path(experiment, experiments_dir or
-                                                                  config_path.parent / "experiments")),
-                             f"experiment {experiment}")
+        path = _experiment_path(experiment, experiments_dir or config_path.parent / "experiments")
+        cfg = merge_checked(cfg, _load_yaml(path), str(path))
     return merge_checked(cfg, dotlist, "command line")
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax
+        raise ConfigError(f"{path}: not readable YAML ({e})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got a list")
+    return loaded
 
 
 def _experiment_path(name: str, experiments_dir: Path) -> Path:
@@ -93,12 +113,19 @@ def _experiment_path(name: str, experiments_dir: Path) -> Path:
 
 
 def merge_checked(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    """cfg <- other in struct mode: a key cfg does not declare is an error naming `source`, the key and the
+    closest valid key. Sections declared as null (tune:, kaggle:) take any mapping."""
+    OmegaConf.set_struct(cfg, True)
     try:
         merged = OmegaConf.merge(cfg, other)
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e)
-        raise ConfigError(f"unknown config key {key!r} (from {source}). Valid keys: "
-                          f"{', '.join(sorted(_all_keys(cfg)))}") from None
+        valid = sorted(_all_keys(cfg))
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{source}: unknown config key {key!r}; {hint}valid keys: {', '.join(valid)}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {e}".splitlines()[0]) from None
     OmegaConf.set_struct(merged, True)
     return merged
 
@@ -110,6 +137,20 @@ def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
         if isinstance(v, DictConfig):
             keys.extend(_all_keys(v, f"{prefix}{k}."))
     return keys
+
+
+def upgrade(cfg: DictConfig) -> DictConfig:
+    """A run's saved config in today's key names (RENAMED_KEYS, ADDED_KEYS), so old run folders keep loading."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for old, new in RENAMED_KEYS.items():
+        if old in container and new not in container:
+            container[new] = container.pop(old)
+    for key, value in ADDED_KEYS.items():
+        if key not in container:
+            container[key] = value(container)
+    upgraded = OmegaConf.create(container)
+    OmegaConf.set_struct(upgraded, True)
+    return upgraded
 
 
 def to_yaml(cfg: DictConfig) -> str:

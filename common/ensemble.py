@@ -6,8 +6,9 @@ ensemble selection, which starts from the best single run, so the blend is never
 the better of the two. Classification blends probabilities (labels come after, at submission time); `rank=true`
 blends ranks instead of scores (for AUC); a binary task scored on labels re-tunes its threshold on the blended OOF.
 
-The blend is written as a run folder (config.yaml, classes.json, folds.csv, oof.csv, test_preds.csv,
-metrics.json with the blend's CV, the runs' CVs and the weights), so `make <c>-submit RUN=<blend>` works.
+The blend is written as a run folder (config.yaml, classes.json, folds.csv, oof.csv, blend.json: the recipe,
+metrics.json with the blend's CV, the runs' CVs and the weights, threshold.json for a thresholded task,
+test_preds.csv), so `make <c>-infer|submit|push RUN=<blend>` work on it as on a trained run.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from common import cli
-from common.config import ConfigError, to_yaml
-from common.io import DataError, atomic_path, read_csv, require_columns, write_csv, write_json
-from common.metrics import Metric, get_metric
+from common.config import to_yaml
+from common.errors import ConfigError, DataError, NotFound
+from common.io import atomic_path, read_csv, require_columns, write_csv, write_json
+from common.metrics import Metric, get_metric, scores_with_threshold, tune_threshold
 from common.runs import Run
 from common.task import Task
 
@@ -35,43 +36,56 @@ ENSEMBLE_ARGS = {
 }
 
 
-def main(task: Task, argv: list[str] | None = None) -> dict:
-    return cli.main(lambda: ensemble(task, argv))
-
-
-def ensemble(task: Task, argv: list[str] | None) -> dict:
+def command(task: Task, argv: list[str] | None = None) -> Run:
+    """make <c>-ensemble RUNS="a b" RUN=blend ARGS="method=hill rank=true"."""
+    from common import cli
     args = cli.command_args(argv, ENSEMBLE_ARGS, "ensemble")
-    names = str(args.runs or "").split()
+    return blend(task, str(args.runs or "").split(), args.run_name, args.method, bool(args.rank), args.runs_dir)
+
+
+def blend(task: Task, runs: list[str | Run], name: str | None = None, method: str = "auto", rank: bool = False,
+          runs_dir: str = "runs") -> Run:
+    """Blend trained runs (or blends) on their shared OOF into a new run folder `name`; returns it."""
+    names = [r.name if isinstance(r, Run) else r for r in runs]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(f"ensemble needs two or more different runs, e.g. RUNS=\"a b\"; got {names}")
-    if args.method not in ("auto", "scipy", "hill"):
-        raise ConfigError(f"method must be auto, scipy or hill, got {args.method!r}")
-    runs = [Run.open(task.name, name, args.runs_dir) for name in names]
+    if method not in ("auto", "scipy", "hill"):
+        raise ConfigError(f"method must be auto, scipy or hill, got {method!r}")
+    runs = [r if isinstance(r, Run) else Run.open(task.name, r, runs_dir) for r in runs]
     metric = get_metric(task.metric)
     oof = shared_oof(task, runs)
     classes = runs[0].classes()
-    if args.rank and len(classes) > 1:
+    if rank and len(classes) > 1:
         raise ConfigError(f"rank=true blends one prediction column; these runs predict {len(classes)} classes")
     y = oof[0]["target"].to_numpy()
     preds = {run.name: o[classes].to_numpy(dtype=float) for run, o in zip(runs, oof)}
 
-    inputs = [to_ranks(p) for p in preds.values()] if args.rank else list(preds.values())
-    weights, method = search_weights(y, inputs, metric, args.method)
-    weights = {name: round(float(w), 6) for name, w in zip(names, weights)}
+    inputs = [to_ranks(p) for p in preds.values()] if rank else list(preds.values())
+    threshold = _cut_tuner(task, metric)
+    weights, found_by = search_weights(y, inputs, metric, method, threshold)
+    weights = {n: round(float(w), 6) for n, w in zip(names, weights)}
     # Runs without weight leave the recipe: neither the submission nor a Kaggle kernel predicts with them.
     spec = {"runs": [n for n in names if weights[n] > 0], "weights": {n: w for n, w in weights.items() if w > 0},
-            "method": method, "rank": bool(args.rank), "threshold": None,
-            "run_cv": {name: metric(y, p) for name, p in preds.items()}}
-    if task.thresholded:
-        spec["threshold"] = tune_threshold(y, apply_blend([preds[n] for n in spec["runs"]], spec)[:, 0], metric)
+            "method": found_by, "rank": bool(rank), "run_cv": {n: run_score(task, metric, y, p) for n, p in preds.items()}}
     blend_oof = oof[0][[task.id_column, "fold", "target"]].copy()
     blend_oof[classes] = apply_blend([preds[n] for n in spec["runs"]], spec)
-    for run in runs:
-        if run.name in spec["runs"]:
-            ensure_test_predictions(task, run, args.runs_dir)
-    blend = write_blend(task, runs, args, blend_oof, spec, metric)
-    print_report(blend, metric)
-    return blend.metrics()
+    out = write_blend(task, runs, name, blend_oof, spec, metric)
+    print_report(out, metric)
+    return out
+
+
+def run_score(task: Task, metric: Metric, y: np.ndarray, p: np.ndarray) -> float:
+    """A run's OOF score as its own metrics.json states it: a thresholded task at its best cut."""
+    if task.thresholded:
+        return metric(y, (p[:, 0] >= tune_threshold(y, p[:, 0], metric)).astype(float))
+    return metric(y, p)
+
+
+def _cut_tuner(task: Task, metric: Metric):
+    """For a thresholded task, weights are judged at the blend's best cut, not at 0.5."""
+    if not task.thresholded:
+        return None
+    return lambda y, p: metric(y, (p[:, 0] >= tune_threshold(y, p[:, 0], metric)).astype(float))
 
 
 def shared_oof(task: Task, runs: list[Run]) -> list[pd.DataFrame]:
@@ -90,7 +104,7 @@ def shared_oof(task: Task, runs: list[Run]) -> list[pd.DataFrame]:
                             f"{len(ref_folds)} rows in another fold or missing): blend runs made with the same data, "
                             f"seed, folds and limit")
         if not run.oof_path.is_file():
-            raise FileNotFoundError(f"run {run.name} has no {run.oof_path.name}; has it finished training?")
+            raise NotFound(f"run {run.name} has no {run.oof_path.name}; has it finished training?")
         oof = read_csv(run.oof_path)
         require_columns(oof, [task.id_column, "fold", "target", *run.classes()], run.oof_path)
         oof.index = oof[task.id_column].astype(str)
@@ -110,12 +124,6 @@ def _folds(task: Task, run: Run) -> pd.Series:
     return folds.set_index(folds[task.id_column].astype(str))["fold"].sort_index()
 
 
-def ensure_test_predictions(task: Task, run: Run, runs_dir: str) -> None:
-    if not run.test_preds_path.is_file():
-        print(f"run {run.name} has no test predictions yet: predicting the test set")
-        cli.infer(task, [f"run_name={run.name}", f"runs_dir={runs_dir}"])
-
-
 # ---- weights --------------------------------------------------------------------------------------------
 def combine(preds: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return np.tensordot(np.asarray(weights, dtype=float), np.stack(preds), axes=1)
@@ -126,12 +134,15 @@ def to_ranks(p: np.ndarray) -> np.ndarray:
     return np.column_stack([rankdata(c) / len(c) for c in p.T])
 
 
-def search_weights(y: np.ndarray, preds: list[np.ndarray], metric: Metric, method: str) -> tuple[np.ndarray, str]:
-    """Non-negative weights summing to 1 that score best on OOF, and the method that found them."""
+def search_weights(y: np.ndarray, preds: list[np.ndarray], metric: Metric, method: str,
+                   score_fn=None) -> tuple[np.ndarray, str]:
+    """Non-negative weights summing to 1 that score best on OOF (by score_fn(y, p), default the metric), and the
+    method that found them."""
+    metric = Metric(metric.name, score_fn, metric.greater_is_better) if score_fn else metric
     found = {}
     if method in ("hill", "auto"):
         found["hill climbing"] = hill_climb(y, preds, metric)
-    if method in ("scipy", "auto"):
+    if method in ("scipy", "auto") and not score_fn:  # SLSQP needs a smooth objective; a cut is not one
         found["scipy SLSQP"] = scipy_weights(y, preds, metric)
     scores = {name: metric(y, combine(preds, w)) for name, w in found.items()}
     best = next(iter(scores))
@@ -169,21 +180,10 @@ def scipy_weights(y, preds, metric: Metric) -> np.ndarray:
     return w / w.sum()
 
 
-# ---- threshold ------------------------------------------------------------------------------------------
-def tune_threshold(y: np.ndarray, p: np.ndarray, metric: Metric) -> float:
-    """The cut on blended probabilities that scores best on OOF (0.5 unless another does better)."""
-    candidates = np.unique(np.concatenate([[0.5], np.quantile(p, np.linspace(0.01, 0.99, 99))]))
-    candidates = candidates[(candidates > 0) & (candidates < 1)]
-    best = 0.5
-    for t in candidates:
-        if metric.better(metric(y, (p >= t).astype(float)), metric(y, (p >= best).astype(float))):
-            best = float(t)
-    return best
-
-
+# ---- applying a recipe ---------------------------------------------------------------------------------
 def move_threshold(p: np.ndarray, t: float) -> np.ndarray:
-    """Map probabilities piecewise-linearly so that t lands on 0.5: the order is kept, and every later step
-    (the metric, the submission's labels) keeps cutting at 0.5 yet cuts where the blend should."""
+    """Blends made before threshold.json moved their cut t onto 0.5 this way (piecewise-linear, order kept);
+    their recipes still say so and are applied as they were made."""
     return np.where(p < t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1 - t))
 
 
@@ -191,32 +191,31 @@ def apply_blend(preds: list[np.ndarray], spec: dict) -> np.ndarray:
     """The blend of the runs' predictions (OOF or test, in spec["runs"] order) as described by spec."""
     inputs = [to_ranks(p) for p in preds] if spec["rank"] else preds
     blended = combine(inputs, np.array([spec["weights"][name] for name in spec["runs"]]))
-    if spec["threshold"] is not None:
+    if spec.get("threshold") is not None:  # a blend made before threshold.json
         blended = move_threshold(blended, spec["threshold"])
     return blended
 
 
-def blend_test_predictions(task: Task, blend: Run, members: list[Run]) -> pd.DataFrame:
-    """test_preds.csv of a blend from its runs' test_preds.csv (here after `ensemble`, in the Kaggle kernel after
-    each run predicted the hidden test set)."""
-    spec, classes = blend_spec(blend), blend.classes()
-    frames = []
-    for run in members:
-        preds = read_csv(run.test_preds_path)
-        require_columns(preds, [task.id_column, *classes], run.test_preds_path)
-        preds.index = preds[task.id_column].astype(str)
-        if frames and not preds.index.sort_values().equals(frames[0].index.sort_values()):
-            raise DataError(f"{run.test_preds_path}: not the same test ids as run {members[0].name}'s; "
+def blend_frames(task: Task, blend_run: Run, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """A blend's predictions from its runs' predictions of the same rows (frames in the recipe's run order)."""
+    spec, classes = blend_run.blend_spec(), blend_run.classes()
+    aligned = []
+    for name, preds in zip(spec["runs"], frames):
+        require_columns(preds, [task.id_column, *classes], f"predictions of run {name}")
+        preds = preds.set_index(preds[task.id_column].astype(str))
+        if aligned and not preds.index.sort_values().equals(aligned[0].index.sort_values()):
+            raise DataError(f"run {name} predicted other ids than run {spec['runs'][0]}; "
                             f"predict the same test file with every run")
-        frames.append(preds.loc[frames[0].index] if frames else preds)
-    out = frames[0][[task.id_column]].reset_index(drop=True)
-    out[classes] = apply_blend([f[classes].to_numpy(dtype=float) for f in frames], spec)
+        aligned.append(preds.loc[aligned[0].index] if aligned else preds)
+    out = aligned[0][[task.id_column]].reset_index(drop=True)
+    out[classes] = apply_blend([f[classes].to_numpy(dtype=float) for f in aligned], spec)
     return out
 
 
 # ---- output ---------------------------------------------------------------------------------------------
-def write_blend(task: Task, runs: list[Run], args, blend_oof: pd.DataFrame, spec: dict, metric: Metric) -> Run:
-    name = args.run_name or time.strftime("blend-%Y%m%d-%H%M%S")
+def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.DataFrame, spec: dict,
+                metric: Metric) -> Run:
+    name = name or time.strftime("blend-%Y%m%d-%H%M%S")
     blend = Run(runs[0].dir.parent / name)
     if any(blend.dir.glob("fold*")):
         raise ConfigError(f"{blend.dir} is a trained run, not a blend; choose another RUN=")
@@ -230,28 +229,42 @@ def write_blend(task: Task, runs: list[Run], args, blend_oof: pd.DataFrame, spec
     for path in ("classes_path", "folds_path"):
         shutil.copy(getattr(runs[0], path), getattr(blend, path))
     write_csv(blend_oof, blend.oof_path)
+    write_json(spec, blend.blend_path)
     classes = blend.classes()
     y = blend_oof["target"].to_numpy()
-    write_json({
-        "metric": metric.name, "greater_is_better": metric.greater_is_better,
-        "cv": metric(y, blend_oof[classes].to_numpy()),
-        "folds": [metric(g["target"].to_numpy(), g[classes].to_numpy()) for _, g in blend_oof.groupby("fold")],
-        "n_rows": len(blend_oof),
-        "ensemble": spec,
-    }, blend.metrics_path)
-    write_csv(blend_test_predictions(task, blend, [r for r in runs if r.name in spec["runs"]]), blend.test_preds_path)
+    threshold = tune_threshold(y, blend_oof[classes[0]].to_numpy(), metric) if task.thresholded else None
+    if threshold is not None:  # re-tuned on the blended OOF
+        write_json({"threshold": threshold, "tuned_on": "oof.csv (blend)"}, blend.threshold_path)
+    else:
+        blend.threshold_path.unlink(missing_ok=True)
+    cv, folds = scores_with_threshold(metric, blend_oof, classes, threshold)
+    write_json({"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": folds,
+                "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"]}, blend.metrics_path)
+    write_blend_test_predictions(task, blend, cfg)
     task.plots(cfg, blend_oof, classes, blend.plots_dir)
     return blend
 
 
-def blend_spec(run: Run) -> dict | None:
-    """A blend's recipe (runs, weights, rank, threshold) from its metrics.json; None for a trained run."""
-    return run.metrics().get("ensemble") if run.metrics_path.is_file() else None
+def write_blend_test_predictions(task: Task, blend: Run, cfg) -> None:
+    """test_preds.csv of the blend, each run predicting the competition's test file if it has not yet."""
+    from common.api import predict_test
+    if not task.test_path(cfg).is_file():
+        print(f"no test file at {task.test_path(cfg)}: the blend has no test_preds.csv yet "
+              f"(make {task.name}-infer RUN={blend.name} ARGS=\"test_file=...\")")
+        return
+    frames = []
+    for name in blend.blend_spec()["runs"]:
+        member = Run(blend.dir.parent / name)
+        if not member.test_preds_path.is_file():
+            print(f"run {name} has no test predictions yet: predicting the test set")
+            predict_test(task, member)
+        frames.append(read_csv(member.test_preds_path))
+    write_csv(blend_frames(task, blend, frames), blend.test_preds_path)
 
 
 def print_report(blend: Run, metric: Metric) -> None:
     m = blend.metrics()
-    spec = m["ensemble"]
+    spec = blend.blend_spec()
     direction = "higher" if metric.greater_is_better else "lower"
     print(f"ensemble {blend.name}: {metric.name} ({direction} is better), weights by {spec['method']}"
           f"{', on ranks' if spec['rank'] else ''}")
@@ -260,6 +273,6 @@ def print_report(blend: Run, metric: Metric) -> None:
     for name, cv in spec["run_cv"].items():
         print(f"  {name:<{width}}  {cv:>9.5f}  {spec['weights'].get(name, 0.0):>7.3f}")
     print(f"  {'blend':<{width}}  {m['cv']:>9.5f}")
-    if spec["threshold"] is not None:
-        print(f"  threshold re-tuned on the blended OOF: {spec['threshold']:.4f}")
+    if m.get("threshold") is not None:
+        print(f"  threshold re-tuned on the blended OOF: {m['threshold']:.4f}")
     print(f"blend run: {blend.dir}  ->  make {blend.dir.parent.name}-submit RUN={blend.name}")

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
+
+from common.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,9 +27,9 @@ class FoldSpec:
 def make_folds(df: pd.DataFrame, spec: FoldSpec, n_folds: int, seed: int) -> np.ndarray:
     """Return a fold number (0..n_folds-1) for every row of df. Deterministic for a given seed."""
     if n_folds < 2:
-        raise ValueError(f"folds must be >= 2, got {n_folds}")
+        raise ConfigError(f"folds must be >= 2, got {n_folds}")
     if len(df) < n_folds:
-        raise ValueError(f"{len(df)} rows cannot be split into {n_folds} folds")
+        raise ConfigError(f"{len(df)} rows cannot be split into {n_folds} folds")
     y = None
     if spec.stratify:
         y = df[spec.stratify].to_numpy()
@@ -32,7 +39,7 @@ def make_folds(df: pd.DataFrame, spec: FoldSpec, n_folds: int, seed: int) -> np.
         y = _merge_rare_classes(pd.Series(y).astype(str), n_folds).to_numpy()
     groups = df[spec.group].to_numpy() if spec.group else None
     if groups is not None and len(np.unique(groups)) < n_folds:
-        raise ValueError(f"{len(np.unique(groups))} groups in column {spec.group!r} cannot fill {n_folds} folds")
+        raise ConfigError(f"{len(np.unique(groups))} groups in column {spec.group!r} cannot fill {n_folds} folds")
 
     if y is not None and groups is not None:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)

@@ -34,17 +34,20 @@ from omegaconf import DictConfig
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, ClassifierOutputTarget
-from safetensors.torch import load_file
+from pytorch_grad_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputTarget,
+)
 from torch import nn
+from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from common import cli
-from common.config import ConfigError
-from common.io import DataError, atomic_path, read_csv
+from common.errors import ConfigError, DataError, NotFound
+from common.io import atomic_path, read_csv
 from common.plots import plt, save  # the Agg backend: files only
+from common.predict import fold_context, load_fold_model
 from common.runs import Run
-from common.task import Task
+from common.task import Task, model_inputs
 from common.vision import data_config
 
 OWN_KEYS = {"run2": None, "n": 8, "cam_target": "predicted"}  # gradcam's own arguments, not run config keys
@@ -73,7 +76,14 @@ def target_layer(model: nn.Module, path: str | None = None) -> nn.Module:
 
 # ---- which images --------------------------------------------------------------------------------
 def pick_groups(oof: pd.DataFrame, kind: str, classes: list[str], n: int) -> dict[str, pd.DataFrame]:
-    """The n most confident OOF rows of each group, with `predicted` (class index) and `confidence` added."""
+    """The n most confident OOF rows of each group, with `predicted` (class index) and `confidence` added.
+    Regression: the n closest and the n furthest predictions (relative error; the output itself is explained)."""
+    if kind == "regression":
+        y, p = oof["target"].to_numpy(dtype=float), oof["pred"].to_numpy(dtype=float)
+        error = np.abs(p - y) / np.maximum(np.abs(y), 1e-9)
+        frame = oof.assign(predicted=0, confidence=-error)
+        return {"closest": frame.nlargest(n, "confidence", keep="first"),
+                "furthest": frame.nsmallest(n, "confidence", keep="first")}
     y = oof["target"].astype(int).to_numpy()
     if kind == "binary":
         p = oof["pred"].to_numpy()
@@ -86,14 +96,16 @@ def pick_groups(oof: pd.DataFrame, kind: str, classes: list[str], n: int) -> dic
         predicted, confidence = probs.argmax(1), probs.max(1)
         masks = {"correct": predicted == y, "wrong": predicted != y}
     else:
-        raise ValueError(f"Grad-CAM groups right and wrong answers; a {kind} task has none")
+        raise ConfigError(f"Grad-CAM has no groups for a {kind} task")
     frame = oof.assign(predicted=predicted, confidence=confidence)
     return {name: frame[mask].nlargest(n, "confidence", keep="first") for name, mask in masks.items()}
 
 
 def cam_targets(kind: str, classes: np.ndarray) -> list:
     """pytorch-grad-cam targets for the explained class of each image. A binary model has one logit: class 1 is
-    the logit, class 0 its negation (BinaryClassifierOutputTarget)."""
+    the logit, class 0 its negation (BinaryClassifierOutputTarget); a regression output is explained as it is."""
+    if kind == "regression":
+        return [ClassifierOutputTarget(0) for _ in classes]
     if kind == "binary":
         return [BinaryClassifierOutputTarget(int(c)) for c in classes]
     return [ClassifierOutputTarget(int(c)) for c in classes]
@@ -112,33 +124,47 @@ def explain(task: Task, run: Run, cfg: DictConfig, rows: pd.DataFrame, explained
         raise DataError(f"{len(missing)} OOF id(s) of {run.dir} are not in the train file, "
                         f"e.g. {missing[task.id_column].iloc[0]!r}; pass the run's data_dir=")
     frame = by_id.loc[rows[task.id_column].astype(str)].reset_index(drop=True)
-    dataset = task.dataset(cfg, frame, "valid", run.dir)
     norm = data_config(cfg.model)
     mean, std = np.array(norm["mean"]), np.array(norm["std"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n_outputs = len(run.classes())
     inputs, cams = [None] * len(rows), [None] * len(rows)
     for fold, part in tqdm(rows.groupby("fold"), desc=f"Grad-CAM {run.name}", leave=False):
-        model = task.build_model(cfg, n_outputs, run.dir, pretrained=False)
-        model.load_state_dict(load_file(str(run.checkpoint(int(fold)))))
-        model.to(device).eval()
+        ctx = fold_context(task, cfg, run, int(fold))  # the fold's own fitted state (scalers) for other inputs
+        dataset = task.dataset(cfg, frame.loc[part.index].reset_index(drop=True), "valid", ctx)
+        collate = task.collate_fn(cfg, ctx) or default_collate
+        model = load_fold_model(task, cfg, run, ctx, n_outputs).to(device).eval()
         layer = target_layer(model, cfg.gradcam_layer)
-        cam = GradCAM(model=model, target_layers=[layer])
-        try:  # not `with GradCAM(...)`: its __exit__ swallows IndexError
-            for start in range(0, len(part), cfg.batch_size):
-                index = part.index[start:start + cfg.batch_size]
-                x = torch.stack([dataset[i]["image"] for i in index])
-                try:
-                    heat = cam(input_tensor=x, targets=cam_targets(task.kind, explained[index]))
-                except ValueError as e:  # e.g. a ViT block: tokens, not a feature map
-                    raise ConfigError(f"Grad-CAM on {type(layer).__name__} failed ({e}); set gradcam_layer= "
-                                      f"to a convolutional module with (N, C, H, W) outputs") from None
-                for i, image, h in zip(index, x, heat):
-                    inputs[i] = np.clip(image.permute(1, 2, 0).float().numpy() * std + mean, 0, 1)
-                    cams[i] = h
-        finally:
-            cam.activations_and_grads.release()
+        for start in range(0, len(part), cfg.batch_size):
+            positions = range(start, min(start + cfg.batch_size, len(part)))
+            batch = collate([dataset[i] for i in positions])
+            index = part.index[start:start + cfg.batch_size]
+            x = batch["image"].to(device)
+            others = {k: v.to(device) for k, v in model_inputs(batch).items() if k != "image"}
+            cam = GradCAM(model=ImageInput(model, others), target_layers=[layer])
+            try:  # not `with GradCAM(...)`: its __exit__ swallows IndexError
+                heat = cam(input_tensor=x, targets=cam_targets(task.kind, explained[index]))
+            except ValueError as e:  # e.g. a ViT block: tokens, not a feature map
+                raise ConfigError(f"Grad-CAM on {type(layer).__name__} failed ({e}); set gradcam_layer= "
+                                  f"to a convolutional module with (N, C, H, W) outputs") from None
+            finally:
+                cam.activations_and_grads.release()
+            for i, image, h in zip(index, x.cpu(), heat):
+                inputs[i] = np.clip(image.permute(1, 2, 0).float().numpy() * std + mean, 0, 1)
+                cams[i] = h
     return np.stack(inputs).astype(np.float32), np.stack(cams)
+
+
+class ImageInput(nn.Module):
+    """The model as a function of its image alone, the batch's other inputs (features, ...) held fixed: Grad-CAM
+    calls model(x) with the image only."""
+
+    def __init__(self, model: nn.Module, others: dict):
+        super().__init__()
+        self.model, self.others = model, others
+
+    def forward(self, image):
+        return self.model(image=image, **self.others)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
@@ -213,21 +239,30 @@ def split_args(argv: list[str]) -> tuple[dict, list[str]]:
     return own, overrides
 
 
-def main(task: Task, argv: list[str] | None = None) -> Path:
-    return cli.main(lambda: run_gradcam(task, argv))
-
-
-def run_gradcam(task: Task, argv: list[str] | None = None) -> Path:
+def command(task: Task, argv: list[str] | None = None) -> Path:
+    """python -m competitions <c> gradcam run_name=x [run2=y n=8 cam_target=true key=value ...]."""
+    from common import cli
     own, overrides = split_args(argv)
-    run, cfg = cli.run_config(task, overrides)
+    run, overrides = cli.run_overrides(task, overrides)
+    return gradcam(task, run, own["n"], own["cam_target"], own["run2"], overrides)
+
+
+def gradcam(task: Task, run: Run, n: int = 8, cam_target: str = "predicted", run2: str | None = None,
+            overrides: list[str] | None = None) -> Path:
+    """Overlays and contact sheets of the run's OOF images by group (and a comparison with run2); returns the
+    folder. overrides: run config keys (data_dir=, image_dir=, gradcam_layer=, batch_size= ...)."""
+    own = {"n": n, "cam_target": cam_target, "run2": run2}
+    overrides = list(overrides or [])
+    cfg = run.config(overrides)
     if not run.oof_path.is_file():
-        raise FileNotFoundError(f"{run.dir}: no oof.csv; Grad-CAM explains out-of-fold images of a finished run")
+        raise NotFound(f"{run.dir}: no oof.csv; Grad-CAM explains out-of-fold images of a finished run")
     classes = run.classes()
     groups = pick_groups(read_csv(run.oof_path), task.kind, classes, own["n"])
     picked = pd.concat([g.assign(group=name) for name, g in groups.items()], ignore_index=True)
     if picked.empty:
         raise DataError(f"{run.oof_path}: no rows to explain")
-    explained = picked["predicted" if own["cam_target"] == "predicted" else "target"].astype(int).to_numpy()
+    explained = picked["predicted" if own["cam_target"] == "predicted" or task.kind == "regression"
+                       else "target"].astype(int).to_numpy()
     images = task.load_train(cfg)
     inputs, cams = explain(task, run, cfg, picked, explained, images)
     overlays = [overlay(i, c) for i, c in zip(inputs, cams)]
@@ -260,8 +295,8 @@ def compare_runs(task: Task, run: Run, run2_name: str, overrides: list[str], pic
                  out_dir: Path, per_group: int) -> Path:
     """The first `per_group` images of each group under both runs. Run 2 explains the same class with its own
     out-of-fold model of each image (its folds may differ from run 1's; its OOF must cover the images)."""
-    run2, cfg2 = cli.run_config(task, [o for o in overrides if not o.startswith("run_name=")] +
-                                [f"run_name={run2_name}"])
+    run2 = Run.open(task.name, run2_name, str(run.dir.parent.parent))
+    cfg2 = run2.config(overrides)
     if run2.dir == run.dir:
         raise ConfigError(f"run2={run2_name} is the run being explained; name a different run to compare")
     classes = run.classes()
@@ -291,6 +326,8 @@ def _caption(row: pd.Series, cam: np.ndarray, kind: str, classes: list[str]) -> 
     """True label and prediction of an OOF row (p(class 1) for binary, the predicted class and its p otherwise);
     `flat` marks a heatmap of zeros: no region raised the explained score (Grad-CAM keeps positive evidence only)."""
     flat = " (flat)" if cam.max() <= 0 else ""
+    if kind == "regression":
+        return f"y={float(row['target']):.4g} p={float(row['pred']):.4g}{flat}"
     if kind == "binary":
         return f"y={int(row['target'])} p={float(row['pred']):.3f}{flat}"
     probs = row[classes].to_numpy(dtype=float)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import WeightedRandomSampler
 
+from common.errors import ConfigError
 from common.task import TARGET, Task, model_inputs
 
 IMBALANCE_DEFAULTS = {
@@ -59,11 +60,10 @@ def resample(train: pd.DataFrame, label: str, upsample_to: int | None, downsampl
     return pd.concat(parts).reset_index(drop=True)
 
 
-def balanced_sampler(labels, power: float = 1.0, seed: int | None = None) -> WeightedRandomSampler:
+def balanced_sampler(labels, power: float = 1.0, generator: torch.Generator | None = None) -> WeightedRandomSampler:
     """Draws len(labels) rows per epoch with replacement, a row of label l with weight count(l)**-power."""
     labels = pd.Series(np.asarray(labels))
     weights = labels.map(labels.value_counts()).to_numpy(dtype=np.float64) ** -float(power)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(labels), replacement=True,
                                  generator=generator)
 
@@ -89,7 +89,7 @@ def class_weight_vector(targets, n_classes: int, mode: str | None) -> torch.Tens
     if mode is None:
         return None
     if mode not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {mode!r}")
+        raise ConfigError(f"class_weights must be one of {CLASS_WEIGHTS}, got {mode!r}")
     targets = np.asarray(targets, dtype=int)
     present = np.unique(targets)
     weights = np.ones(n_classes)
@@ -109,9 +109,9 @@ class ClassificationLoss(nn.Module):
                  label_smoothing: float = 0.0):
         super().__init__()
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+            raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
         if class_weights not in CLASS_WEIGHTS:
-            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
+            raise ConfigError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
         self.targets, self.class_weights = targets, class_weights
         self.loss, self.gamma, self.label_smoothing = loss, float(gamma), float(label_smoothing)
         self._weight: torch.Tensor | None = None
@@ -163,20 +163,20 @@ class ImbalanceMixin:
             return resample(train, TARGET, cfg.upsample_to, cfg.downsample_to, cfg.seed)
         return train
 
-    def train_sampler(self: Task, cfg, train):
+    def train_sampler(self: Task, cfg, train, ctx):
         if cfg.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be null or weighted, got {cfg.sampler!r}")
+            raise ConfigError(f"sampler must be null or weighted, got {cfg.sampler!r}")
         if cfg.sampler == "weighted":
-            return balanced_sampler(train[TARGET], cfg.sampler_power)  # draws follow torch's seeded RNG
-        return super().train_sampler(cfg, train)
+            return balanced_sampler(train[TARGET], cfg.sampler_power, ctx.generator)  # re-seeded every epoch
+        return super().train_sampler(cfg, train, ctx)
 
-    def loss_fn(self: Task, cfg, train):
+    def loss_fn(self: Task, cfg, train, ctx):
         plain = cfg.loss == "ce" and not cfg.class_weights and not cfg.label_smoothing
         if self.kind != "multiclass":
             if not plain:
-                raise ValueError(f"loss={cfg.loss}, class_weights and label_smoothing are for multiclass tasks; "
+                raise ConfigError(f"loss={cfg.loss}, class_weights and label_smoothing are for multiclass tasks; "
                                  f"{self.name} is {self.kind}")
-            return super().loss_fn(cfg, train)
+            return super().loss_fn(cfg, train, ctx)
         return ClassificationLoss(train[TARGET].to_numpy(), cfg.class_weights, cfg.loss, cfg.focal_gamma,
                                   cfg.label_smoothing)
 

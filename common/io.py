@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-
-class DataError(ValueError):
-    """Bad input: the message names the file, and the row or column where it can."""
+from common.errors import DataError  # noqa: F401  (re-exported: older imports use common.io)
 
 
 def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:

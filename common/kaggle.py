@@ -30,6 +30,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from common.errors import NotFound, UserError
+
 KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository whose code is bundled
 MARKER = "kit-bundle.json"                       # how the kernel finds the dataset under /kaggle/input
 KAGGLE_DEFAULTS = {
@@ -46,13 +48,14 @@ PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None
 SECRET_NAMES = {"kaggle.json", "access_token", ".env", ".netrc", ".git-credentials", ".pypirc", "credentials.json",
                 "client_secret.json", "id_rsa", "id_ecdsa", "id_ed25519"}
 SECRET_PATTERNS = (".env.*", "*.env", "*.pem", "*.key", "*.p12", "*secret*", "*api_token*", "*access_token*")
-# Run files inference does not need (the kernel predicts the hidden test set itself).
+# Run files inference does not need (the kernel predicts the hidden test set itself). A fold folder keeps its
+# model and whatever fit_fold saved there (scalers, indexes), without resume state and logs.
 RUN_SKIP = ("oof.csv", "test_preds.csv", "preds_*.csv", "folds.csv", "plots", "kaggle")
-FOLD_KEEP = ("model.safetensors", "done.json")
+FOLD_SKIP = ("last", "last.old", "last.tmp", "oof.csv", "history.csv")
 
 
-class KaggleError(RuntimeError):
-    pass
+class KaggleError(UserError):
+    """The kaggle CLI is missing, has no credentials, or a kaggle command failed."""
 
 
 def _config_dir() -> Path:
@@ -102,17 +105,8 @@ def download(competition: str, dest: str | Path) -> Path:
 
 
 # ---- push: bundle + kernel ---------------------------------------------------------------------------------
-def push_main(task, argv: list[str] | None = None) -> Path:
-    from common import cli
-    try:
-        return cli.main(lambda: push(task, argv))
-    except KaggleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def push(task, argv: list[str] | None) -> Path:
-    """Build the dataset and kernel folders for a run, then push them (or, dry_run=true, print the commands)."""
+def command(task, argv: list[str] | None = None) -> Path:
+    """make <c>-push RUN=x [DRY_RUN=1] [ARGS="kaggle.gpu=true"]."""
     from common import cli
     from common.config import parse_args
     from common.runs import Run
@@ -121,14 +115,19 @@ def push(task, argv: list[str] | None) -> Path:
     args = cli.command_args([o for o in overrides if not o.startswith("kaggle.")], PUSH_ARGS, "push")
     run = Run.open(task.name, args.run_name, args.runs_dir)
     settings = cli.command_section("kaggle", KAGGLE_DEFAULTS, run.config(), overrides)
-    exe = None if args.dry_run else require_cli()  # missing CLI or credentials: say so before building anything
+    return push(task, run, settings, bool(args.dry_run), args.out)
+
+
+def push(task, run, settings: DictConfig, dry_run: bool = False, out: str | Path | None = None) -> Path:
+    """Build the dataset and kernel folders for a run, then push them (or, dry_run=True, print the commands)."""
+    exe = None if dry_run else require_cli()  # missing CLI or credentials: say so before building anything
     owner = settings.owner or kaggle_username()
     if not owner:
-        if not args.dry_run:
+        if not dry_run:
             raise KaggleError("no Kaggle username: pass kaggle.owner=<username> or set KAGGLE_USERNAME")
         owner = "your-kaggle-username"
         print(f"dry run: no Kaggle username found; the metadata says {owner!r} (set kaggle.owner= or KAGGLE_USERNAME)")
-    out = Path(args.out or run.dir / "kaggle")
+    out = Path(out or run.dir / "kaggle")
     dataset_dir, kernel_dir = build(task, run, settings, owner, out)
 
     dataset_id = json.loads((dataset_dir / "dataset-metadata.json").read_text())["id"]
@@ -139,7 +138,7 @@ def push(task, argv: list[str] | None) -> Path:
     if not task.kaggle_competition:
         print(f"{task.name} is not a Kaggle competition: the kernel has no competition_sources; add a dataset with "
               f"its data (the kernel looks for {task.sample_submission} under the input folder)")
-    if args.dry_run:
+    if dry_run:
         print("dry run: the folders are left to inspect; a push would run")
         print(f"  kaggle {shlex.join(create)}\n    (or, when {dataset_id} exists: kaggle {shlex.join(version)})")
         print(f"  kaggle {shlex.join(kernel)}    (once the dataset is ready)")
@@ -217,21 +216,20 @@ def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path,
 
 def bundle_runs(task, run, dest: Path) -> list[str]:
     """Copy what inference needs of the run (a blend: of its runs too, recursively); return the run names."""
-    from common.ensemble import blend_spec
     from common.runs import Run
-    names, spec = [run.name], blend_spec(run)
+    names, spec = [run.name], run.blend_spec()
     if spec:
         for member in spec["runs"]:
             names += [n for n in bundle_runs(task, Run(run.dir.parent / member), dest) if n not in names]
     elif not run.finished_folds():
-        raise FileNotFoundError(f"run {run.dir} has no finished fold to predict with; train it first")
+        raise NotFound(f"run {run.dir} has no finished fold to predict with; train it first")
     for entry in sorted(run.dir.iterdir()):
         if any(fnmatch.fnmatch(entry.name, pattern) for pattern in RUN_SKIP):
             continue
         if re.fullmatch(r"fold\d+", entry.name):
-            for name in FOLD_KEEP:
-                if (entry / name).is_file():
-                    copy_tree(entry / name, dest / run.name / entry.name / name)
+            for child in sorted(entry.iterdir()):
+                if child.name not in FOLD_SKIP:
+                    copy_tree(child, dest / run.name / entry.name / child.name)
         else:
             copy_tree(entry, dest / run.name / entry.name)
     return names
@@ -314,7 +312,7 @@ kernel_main(load_task(COMPETITION), RUN, bundle, INPUT, Path.cwd())
 def kernel_main(task, run_name: str, bundle: Path, input_dir: Path, out_dir: Path) -> Path:
     """In the kernel: predict the test set with the bundled run (a blend: each of its runs, then the blend) and
     write out_dir/submission.csv. The input folder is read-only, so predictions go to a scratch copy of the runs."""
-    from common import cli
+    from common import api
     from common.runs import Run
 
     print(f"kit: {Path(__file__).resolve().parents[1]}")
@@ -331,36 +329,10 @@ def kernel_main(task, run_name: str, bundle: Path, input_dir: Path, out_dir: Pat
                 else:
                     shutil.copy(entry, target)
         run = Run(work / "runs" / task.name / run_name)
-        predict_test(task, run, data_dir)
-        cfg = run.config()
-        cfg.data_dir = str(data_dir)
-        cwd = Path.cwd()
-        os.chdir(work)  # cli.submit writes submissions/<c>/<run>.csv under the current folder
-        try:
-            submission = cli.submit(task, run, cfg).resolve()
-        finally:
-            os.chdir(cwd)
-        out = Path(out_dir) / "submission.csv"
-        shutil.copy(submission, out)
+        # The same functions as `make <c>-submit`: a blend has its runs predict, then blends them.
+        out = api.submit(task, run, out=Path(out_dir) / "submission.csv", data_dir=str(data_dir))
     print(f"wrote {out}")
     return out
-
-
-def predict_test(task, run, data_dir: Path) -> None:
-    """The run's test_preds.csv: a trained run predicts; a blend has its runs predict, then blends them."""
-    from common import cli
-    from common.ensemble import blend_spec, blend_test_predictions
-    from common.io import write_csv
-    from common.runs import Run
-
-    spec = blend_spec(run)
-    if spec is None:
-        cli.infer(task, [f"run_name={run.name}", f"runs_dir={run.dir.parent.parent}", f"data_dir={data_dir}"])
-        return
-    members = [Run(run.dir.parent / name) for name in spec["runs"]]
-    for member in members:
-        predict_test(task, member, data_dir)
-    write_csv(blend_test_predictions(task, run, members), run.test_preds_path)
 
 
 def find_data_dir(task, input_dir: Path, bundle: Path) -> Path:
@@ -369,7 +341,7 @@ def find_data_dir(task, input_dir: Path, bundle: Path) -> Path:
     found = [p.parent for depth in range(1, 4) for p in sorted(input_dir.glob("*/" * depth + task.sample_submission))
              if bundle not in p.parents]
     if not found:
-        raise FileNotFoundError(f"no {task.sample_submission} under {input_dir}: add the competition "
+        raise NotFound(f"no {task.sample_submission} under {input_dir}: add the competition "
                                 f"({task.kaggle_competition or 'a dataset with its files'}) to the kernel's inputs")
     return next((d for d in found if task.kaggle_competition and task.kaggle_competition in d.parts), found[0])
 

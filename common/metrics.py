@@ -80,3 +80,28 @@ def get_metric(name: str) -> Metric:
     if name not in METRICS:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
     return METRICS[name]
+
+
+# ---- decision thresholds (binary tasks scored on labels) ------------------------------------------------
+def tune_threshold(y: np.ndarray, p: np.ndarray, metric: Metric) -> float:
+    """The cut on probabilities that scores best on OOF (0.5 unless another does strictly better). Candidates are
+    the 1st..99th percentiles of p, so a single run's cut is one of 100 values, not fitted to single rows."""
+    candidates = np.unique(np.concatenate([[0.5], np.quantile(p, np.linspace(0.01, 0.99, 99))]))
+    candidates = candidates[(candidates > 0) & (candidates < 1)]
+    best, best_score = 0.5, metric(y, (p >= 0.5).astype(float))
+    for t in candidates:
+        score = metric(y, (p >= t).astype(float))
+        if metric.better(score, best_score):
+            best, best_score = float(t), score
+    return best
+
+
+def scores_with_threshold(metric: Metric, oof, classes: list[str], threshold: float | None) -> tuple[float, list]:
+    """(CV, per-fold scores) of an OOF frame (target, fold, class columns); binary probabilities cut at
+    `threshold` when one is given."""
+    def score(frame) -> float:
+        p = frame[classes].to_numpy()
+        if threshold is not None:
+            p = (p[:, 0] >= threshold).astype(float)
+        return metric(frame["target"].to_numpy(), p)
+    return score(oof), [score(g) for _, g in oof.groupby("fold")]

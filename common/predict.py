@@ -1,34 +1,59 @@
-"""Test predictions averaged over a run's fold checkpoints (and over TTA views, through the task's TTA wrapper)."""
+"""Test predictions of a run: the mean over its fold models, each with its own fitted fold state applied to the
+test rows, and over the task's TTA views of every batch. A blend predicts through its runs, then blends."""
 from __future__ import annotations
 
+import joblib
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from common.errors import NotFound
 from common.runs import Run
-from common.task import Task
-from common.trainer import create_accelerator, oof_frame, predict_loader
+from common.task import FoldContext, Task
+from common.trainer import (
+    ESTIMATOR_FILE,
+    create_accelerator,
+    estimator_predict,
+    oof_frame,
+    predict_loader,
+)
+
+
+def fold_context(task: Task, cfg: DictConfig, run: Run, fold: int) -> FoldContext:
+    """A trained fold's context: its folder and the state fit_fold saved there."""
+    fold_dir = run.fold_dir(fold)
+    return FoldContext(fold=fold, dir=fold_dir, run_dir=run.dir, state=task.load_fold(cfg, fold_dir))
+
+
+def load_fold_model(task: Task, cfg: DictConfig, run: Run, ctx: FoldContext, n_outputs: int):
+    """The fold's best network (architecture from the run, weights from its checkpoint)."""
+    model = task.build_model(cfg, n_outputs, ctx, pretrained=False)
+    model.load_state_dict(load_file(str(run.checkpoint(ctx.fold))))
+    return model
 
 
 def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd.DataFrame:
     """Frame of id + one column per class (or `pred`): the mean over the run's finished folds."""
     folds = run.finished_folds()
     if not folds:
-        raise FileNotFoundError(f"{run.dir}: no finished fold to predict with")
+        raise NotFound(f"{run.dir}: no finished fold to predict with")
     classes = run.classes()
-    accelerator = create_accelerator(cfg)
     test = test.reset_index(drop=True)
-    loader = DataLoader(task.dataset(cfg, test, "test", run.dir), batch_size=cfg.batch_size, shuffle=False,
-                        collate_fn=task.collate_fn(cfg, run.dir), num_workers=cfg.num_workers)
     total = np.zeros((len(test), len(classes)), dtype=np.float64)
+    accelerator = None
     for fold in folds:
-        model = task.build_model(cfg, len(classes), run.dir, pretrained=False)
-        model.load_state_dict(load_file(str(run.checkpoint(fold))))
-        model, fold_loader = accelerator.prepare(task.tta_model(cfg, model), loader)
-        preds, _ = predict_loader(task, cfg, accelerator, model, fold_loader)
+        ctx = fold_context(task, cfg, run, fold)
+        if (ctx.dir / ESTIMATOR_FILE).is_file():
+            preds = estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, test, ctx))
+        else:
+            accelerator = accelerator or create_accelerator(cfg)
+            loader = DataLoader(task.dataset(cfg, test, "test", ctx), batch_size=cfg.batch_size, shuffle=False,
+                                collate_fn=task.collate_fn(cfg, ctx), num_workers=cfg.num_workers)
+            model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, len(classes)), loader)
+            preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=bool(cfg.tta))
+            accelerator.free_memory()
         total += preds.reshape(len(test), len(classes))
-        accelerator.print(f"fold {fold}: predicted {len(test)} rows{' with TTA' if cfg.tta else ''}")
-        accelerator.free_memory()
+        print(f"fold {fold}: predicted {len(test)} rows{' with TTA' if cfg.tta else ''}")
     return oof_frame(task, test, total / len(folds), classes)

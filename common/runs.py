@@ -1,9 +1,12 @@
 """Run folders: runs/<competition>/<run>/ holds everything a run produced.
 
-    config.yaml      resolved config            folds.csv     id, fold
+    config.yaml      resolved config            folds.csv     id, fold (-1: in no fold)
     classes.json     prediction columns         oof.csv       id, fold, target, <prediction columns>
     metrics.json     {"metric", "greater_is_better", "cv", "folds": [...]}
-    fold<k>/         model.safetensors (best), last/ (resume state), history.csv, done.json
+    threshold.json   the cut tuned on OOF (binary tasks scored on labels); submit uses it
+    blend.json       a blend's recipe (runs, weights, rank); a blend has no fold folders
+    fold<k>/         model.safetensors or model.joblib (best), fitted fold state, last/ (resume state),
+                     oof.csv, history.csv, done.json
     plots/           learning curves, confusion matrix / OOF scatter / ROC, Grad-CAM
     test_preds.csv   id, <prediction columns> (after infer)
 """
@@ -14,7 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import ConfigError, config_diff, to_yaml
+from common.config import config_diff, merge_checked, to_yaml, upgrade
+from common.errors import ConfigError, NotFound
 from common.io import atomic_path, read_json
 
 
@@ -48,14 +52,14 @@ class Run:
         if not run_name:
             finished = sorted(parent.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
             if not finished:
-                raise FileNotFoundError(f"no finished run in {parent}; train one first (make {competition}-train)")
+                raise NotFound(f"no finished run in {parent}; train one first (make {competition}-train)")
             run = cls(finished[-1].parent)
             print(f"using the latest finished run: {run.dir}")
             return run
         run = cls(parent / run_name)
         if not run.config_path.is_file():
             known = sorted(p.parent.name for p in parent.glob("*/config.yaml"))
-            raise FileNotFoundError(f"run {run.dir} not found; runs in {parent}: {', '.join(known) or 'none'}")
+            raise NotFound(f"run {run.dir} not found; runs in {parent}: {', '.join(known) or 'none'}")
         return run
 
     # ---- paths ----------------------------------------------------------------------------------
@@ -69,6 +73,8 @@ class Run:
     oof_path = property(lambda self: self.dir / "oof.csv")
     metrics_path = property(lambda self: self.dir / "metrics.json")
     test_preds_path = property(lambda self: self.dir / "test_preds.csv")
+    threshold_path = property(lambda self: self.dir / "threshold.json")
+    blend_path = property(lambda self: self.dir / "blend.json")
     plots_dir = property(lambda self: self.dir / "plots")
 
     def fold_dir(self, fold: int) -> Path:
@@ -77,10 +83,25 @@ class Run:
     def checkpoint(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"
 
-    def config(self) -> DictConfig:
-        cfg = OmegaConf.load(self.config_path)
-        OmegaConf.set_struct(cfg, True)
-        return cfg
+    def config(self, overrides: list[str] | None = None) -> DictConfig:
+        """The run's resolved config in today's key names (old runs keep loading), with overrides on top
+        (test_file=, out=, tta=, batch_size=, data_dir= ...: any key the run has)."""
+        cfg = upgrade(OmegaConf.load(self.config_path))
+        for o in overrides or []:
+            if "=" not in o:
+                raise ConfigError(f"override {o!r} is not key=value")
+        return merge_checked(cfg, OmegaConf.from_dotlist(list(overrides or [])), f"overrides for run {self.dir}")
+
+    def threshold(self) -> float | None:
+        """The decision cut tuned on this run's OOF (binary tasks scored on labels); None: 0.5 / not thresholded."""
+        return read_json(self.threshold_path)["threshold"] if self.threshold_path.is_file() else None
+
+    def blend_spec(self) -> dict | None:
+        """A blend's recipe (runs, weights, rank); None for a trained run. Blends made before blend.json kept it
+        in metrics.json."""
+        if self.blend_path.is_file():
+            return read_json(self.blend_path)
+        return self.metrics().get("ensemble") if self.metrics_path.is_file() else None
 
     def classes(self) -> list[str]:
         return read_json(self.classes_path)

@@ -5,11 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import SubmissionError
 from common.io import read_csv, write_csv
-
-
-class SubmissionError(ValueError):
-    pass
 
 
 def fill_sample(sample_path: str | Path, ids, values, out_path: str | Path) -> Path:

@@ -1,11 +1,28 @@
 """The small interface a competition implements. The engine (trainer, predict, cli) only talks to this.
 
-A competition subclasses Task, sets its class attributes and implements the four abstract methods. Everything else has a default that follows from `kind` and `metric`.
+A competition subclasses Task (or a family: TextTask in common/text.py, ImageTask in common/vision.py), sets the
+class attributes and implements what is truly its own. The hooks, in the order the engine calls them:
+
+    load_train(cfg)                         the labelled frame (ids, target, whatever the inputs need)
+    folds(cfg, train)                       fold of every row; -1 = in no fold (e.g. a pair spanning two folds)
+    per fold k, with ctx = FoldContext(k, fold dir, run dir, state, generator):
+      train_frame / valid_frame(cfg, df)    the rows the fold trains on / is scored on (re-sampling)
+      fit_fold(cfg, train, fold_dir)        learn from training rows only (scalers, indexes, mined pairs); save
+                                            in fold_dir; return it as ctx.state. load_fold reads it back.
+      dataset(cfg, df, mode, ctx)           items: dicts of model inputs + 'index' (+ 'target')
+      collate_fn(cfg, ctx), train_sampler(cfg, train, ctx)
+      build_model(cfg, n_outputs, ctx, pretrained)   called as model(**inputs): any number of named inputs
+      loss_fn(cfg, train, ctx), train_loss(cfg, model, batch, loss_fn), activate(cfg, logits)
+      estimator(cfg) + features(cfg, df, ctx)        instead of the four above: a model that is not a network
+    load_test(cfg, path), tta_views(cfg, batch)      prediction: per fold, its state applied to the test rows
+    submission_values(preds, classes, threshold)    predictions -> the leaderboard's target column
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,15 +30,28 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from common.folds import FoldSpec
-from common.io import DataError, read_csv, require_columns
+from common.errors import ConfigError, DataError
+from common.folds import FoldSpec, make_folds
+from common.io import read_csv, require_columns
 
 TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
+BOOKKEEPING = ("index", "target")  # batch keys that are not model inputs
 
 
 def model_inputs(batch: dict) -> dict:
     """A batch without the engine's bookkeeping: what the model's forward takes."""
-    return {k: v for k, v in batch.items() if k not in ("index", "target")}
+    return {k: v for k, v in batch.items() if k not in BOOKKEEPING}
+
+
+@dataclass
+class FoldContext:
+    """What every fold-level hook receives: which fold, where its files live, what fit_fold learned."""
+    fold: int
+    dir: Path                  # runs/<c>/<run>/fold<k>/: checkpoint, fitted state, history
+    run_dir: Path              # the run folder (saved backbone files, tokenizer)
+    state: Any = None          # what fit_fold returned (training) or load_fold read back (everywhere else)
+    # Re-seeded by the trainer at every epoch: a sampler that draws from it gives the same order on resume.
+    generator: torch.Generator = field(default_factory=torch.Generator)
 
 
 class Task(ABC):
@@ -32,11 +62,12 @@ class Task(ABC):
     target_column: str             # target column of the train file
     fold_spec: FoldSpec = FoldSpec()
     sample_submission: str = "sample_submission.csv"
+    test_file: str = "test.csv"    # the test file under data_dir (test_file= overrides)
     config_path: Path              # the competition's config.yaml
     kaggle_competition: str | None = None  # Kaggle slug (kernel competition_sources); None: not on Kaggle
-    config_defaults: dict = {}     # keys a family of tasks adds to the engine's (e.g. the image keys)
+    config_defaults: dict = {}     # every key a family and the competition add to the engine's, with its default
 
-    # ---- abstract: data and model ---------------------------------------------------------------
+    # ---- data ---------------------------------------------------------------------------------
     @abstractmethod
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
         """The labelled train frame: id_column, target_column and whatever the inputs need."""
@@ -45,17 +76,83 @@ class Task(ABC):
     def load_test(self, cfg: DictConfig, path: Path) -> pd.DataFrame:
         """A frame in the test format read from path (id_column and the inputs)."""
 
-    @abstractmethod
-    def dataset(self, cfg: DictConfig, df: pd.DataFrame, mode: str, run_dir: Path) -> torch.utils.data.Dataset:
+    def folds(self, cfg: DictConfig, train: pd.DataFrame) -> np.ndarray:
+        """The fold of every train row, drawn with fold_seed (not the training seed, so runs that differ only in
+        `seed` share folds and blend). -1 puts a row in no fold: it is neither trained on nor scored."""
+        return make_folds(train, self.fold_spec, cfg.folds, cfg.fold_seed)
+
+    def train_frame(self, cfg: DictConfig, train: pd.DataFrame) -> pd.DataFrame:
+        """The rows a fold trains on, from its training split: re-sampling (replicating rare labels, thinning
+        common ones) overrides this. fit_fold, sampler, dataset and loss all see the returned frame."""
+        return train
+
+    def valid_frame(self, cfg: DictConfig, valid: pd.DataFrame) -> pd.DataFrame:
+        """The rows a fold is scored on (its OOF rows). Must keep id_column and the target."""
+        return valid
+
+    def fit_fold(self, cfg: DictConfig, train: pd.DataFrame, fold_dir: Path) -> Any:
+        """Learn what must come from the fold's training rows only, save it in fold_dir and return it.
+        load_fold must read the same thing back (validation after resume, infer, Grad-CAM, the Kaggle kernel)."""
+        return None
+
+    def load_fold(self, cfg: DictConfig, fold_dir: Path) -> Any:
+        return None
+
+    # ---- network ------------------------------------------------------------------------------
+    def dataset(self, cfg: DictConfig, df: pd.DataFrame, mode: str, ctx: FoldContext) -> torch.utils.data.Dataset:
         """mode: 'train' | 'valid' | 'test'. Items are dicts of model inputs plus 'index' (and 'target')."""
+        raise NotImplementedError(f"{type(self).__name__} must implement dataset() (or estimator())")
 
-    @abstractmethod
-    def build_model(self, cfg: DictConfig, n_outputs: int, run_dir: Path, pretrained: bool) -> nn.Module:
+    def build_model(self, cfg: DictConfig, n_outputs: int, ctx: FoldContext, pretrained: bool) -> nn.Module:
         """pretrained=False builds the architecture only (inference loads the fold checkpoint)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_model() (or estimator())")
 
-    # ---- defaults -----------------------------------------------------------------------------
+    def collate_fn(self, cfg: DictConfig, ctx: FoldContext):
+        return None  # torch's default collation
+
+    def train_sampler(self, cfg: DictConfig, train: pd.DataFrame, ctx: FoldContext):
+        """None -> a shuffle drawn from ctx.generator. A custom sampler should draw from ctx.generator too."""
+        return None
+
+    def loss_fn(self, cfg: DictConfig, train: pd.DataFrame, ctx: FoldContext):
+        """loss(logits, target) -> scalar. train is this fold's training frame (for class weights and the like)."""
+        if self.kind == "multiclass":
+            return nn.CrossEntropyLoss()
+        if self.kind == "binary":
+            return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y.float())
+        return lambda logits, y: nn.functional.mse_loss(logits.view(-1), y.float())
+
+    def train_loss(self, cfg: DictConfig, model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
+        """The loss of one training batch. Batch-level tricks that mix inputs and targets (mixup) override this."""
+        return loss_fn(model(**model_inputs(batch)), batch["target"])
+
+    def activate(self, cfg: DictConfig, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> the predictions stored in oof / test_preds (scores, probabilities)."""
+        if self.kind == "multiclass":
+            return logits.float().softmax(-1)
+        if self.kind == "binary":
+            return logits.float().sigmoid().view(-1, 1)
+        return logits.float().view(-1, 1)
+
+    def tta_views(self, cfg: DictConfig, batch: dict) -> list[dict]:
+        """The views of a batch that prediction averages (after activate) when tta is on; [batch] when off."""
+        if cfg.tta:
+            raise ConfigError(f"{self.name} has no test-time augmentation; run with tta=false")
+        return [batch]
+
+    # ---- a model that is not a network (gradient-boosted trees and the like) ---------------------
+    def estimator(self, cfg: DictConfig):
+        """A scikit-learn style estimator (fit / predict or predict_proba) to train instead of a network, or None.
+        It gets the same folds, fold state, OOF, metrics.json, infer, submit, ensemble and tune."""
+        return None
+
+    def features(self, cfg: DictConfig, df: pd.DataFrame, ctx: FoldContext) -> pd.DataFrame:
+        """The estimator's input table for df's rows (fold state in ctx.state)."""
+        raise NotImplementedError(f"{type(self).__name__}.estimator() needs features()")
+
+    # ---- config and paths ---------------------------------------------------------------------
     def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
-        """This competition's config: engine defaults <- family defaults <- config.yaml <- experiment <- overrides."""
+        """This competition's config: engine defaults <- declared keys <- config.yaml <- experiment <- overrides."""
         from common.config import load_config
         return load_config(config_path or self.config_path, overrides, defaults=self.config_defaults)
 
@@ -63,7 +160,7 @@ class Task(ABC):
         return Path(cfg.data_dir or f"data/{self.name}")
 
     def test_path(self, cfg: DictConfig) -> Path:
-        return Path(cfg.test_file) if cfg.test_file else self.data_dir(cfg) / "test.csv"
+        return Path(cfg.test_file) if cfg.test_file else self.data_dir(cfg) / self.test_file
 
     def sample_submission_path(self, cfg: DictConfig) -> Path:
         return self.data_dir(cfg) / self.sample_submission
@@ -78,6 +175,7 @@ class Task(ABC):
             return cols[0], cols[1]
         return self.id_column, self.target_column
 
+    # ---- targets and predictions --------------------------------------------------------------
     def classes(self, train: pd.DataFrame) -> list[str]:
         """Prediction columns of oof.csv / test_preds.csv: the class labels, or one column."""
         if self.kind == "multiclass":
@@ -91,54 +189,18 @@ class Task(ABC):
             return y.astype(str).map(index).to_numpy()
         return y.astype(float).to_numpy()
 
-    def collate_fn(self, cfg: DictConfig, run_dir: Path):
-        return None  # torch's default collation
-
-    def loss_fn(self, cfg: DictConfig, train: pd.DataFrame):
-        """loss(logits, target) -> scalar. train is this fold's training frame (for class weights and the like)."""
-        if self.kind == "multiclass":
-            return nn.CrossEntropyLoss()
-        if self.kind == "binary":
-            return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y.float())
-        return lambda logits, y: nn.functional.mse_loss(logits.view(-1), y.float())
-
-    def activate(self, cfg: DictConfig, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> the predictions stored in oof / test_preds (scores, probabilities)."""
-        if self.kind == "multiclass":
-            return logits.float().softmax(-1)
-        if self.kind == "binary":
-            return logits.float().sigmoid().view(-1, 1)
-        return logits.float().view(-1, 1)
-
-    def train_frame(self, cfg: DictConfig, train: pd.DataFrame) -> pd.DataFrame:
-        """The rows a fold trains on, from its training split: re-sampling (replicating rare labels, thinning
-        common ones) overrides this. Sampler, dataset and loss all see the returned frame."""
-        return train
-
-    def train_sampler(self, cfg: DictConfig, train: pd.DataFrame):
-        return None  # None -> shuffle
-
-    def train_loss(self, cfg: DictConfig, model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
-        """The loss of one training batch. Batch-level tricks that mix inputs and targets (mixup) override this."""
-        return loss_fn(model(**model_inputs(batch)), batch["target"])
-
-    def tta_model(self, cfg: DictConfig, model: nn.Module) -> nn.Module:
-        if cfg.tta:
-            raise ValueError(f"{self.name} has no test-time augmentation; run with tta=false")
-        return model
-
     @property
     def thresholded(self) -> bool:
-        """A binary task scored on labels: its probabilities become labels at 0.5 (an ensemble re-tunes that cut)."""
+        """A binary task scored on labels: its cut is tuned on the run's OOF (threshold.json) and used by submit."""
         return self.kind == "binary" and self.metric in ("accuracy", "macro_f1")
 
-    def submission_values(self, preds: pd.DataFrame, classes: list[str]) -> pd.Series:
+    def submission_values(self, preds: pd.DataFrame, classes: list[str], threshold: float | None = None) -> pd.Series:
         """Prediction frame (classes as columns) -> the leaderboard's target column.
-        Probabilities where the metric ranks, labels where it counts."""
+        Probabilities where the metric ranks, labels where it counts (binary: cut at the run's threshold)."""
         if self.kind == "multiclass":
             return preds[classes].idxmax(axis=1)
         if self.thresholded:
-            return (preds["pred"] >= 0.5).astype(int)
+            return (preds["pred"] >= (0.5 if threshold is None else threshold)).astype(int)
         return preds["pred"]
 
     def plots(self, cfg: DictConfig, oof: pd.DataFrame, classes: list[str], plots_dir: Path) -> None:

@@ -1,17 +1,34 @@
-"""Text side of the engine: transformers cross-encoder with a pooling head, datasets, dynamic padding."""
+"""Text side of the engine: TextTask (the family every text competition subclasses), a transformers cross-encoder
+with a pooling head, datasets, dynamic padding, pair-swap TTA."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from accelerate import PartialState
+from omegaconf import DictConfig
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from common.errors import ConfigError
+from common.task import TARGET, Task
 from common.weights import resolve_text_model
 
+# Config keys every text competition understands, on top of the engine's (common/config.py).
+TEXT_DEFAULTS = {
+    "max_len": 128,             # token budget per input; batches are padded to their own longest row
+    "pooling": "mean",          # cls | mean | attention: how token states become one vector
+    "head_dropout": 0.1,        # dropout before the linear head
+    "backbone_dropout": None,   # every dropout inside the backbone; null keeps the checkpoint's own
+    "loss": None,               # bce | mse | ce; null -> by kind: bce (binary), mse (regression), ce (multiclass)
+    "group_by_length": False,   # batches of similar length (less padding; pays when lengths vary a lot)
+}
+LOSSES = {"bce", "mse", "ce"}
+
 BACKBONE_DIR = "backbone"  # run-folder copy of the backbone's config and tokenizer, so inference needs no hub
+SWAP = "swap_"             # batch keys of the second view of a pair (the two texts swapped)
 
 
 def load_tokenizer(model_name: str, run_dir: Path):
@@ -21,18 +38,20 @@ def load_tokenizer(model_name: str, run_dir: Path):
 
 
 class TextDataset(torch.utils.data.Dataset):
-    """Tokenizes texts (or (text, text) pairs) on the fly; padding happens per batch in the collator."""
+    """Encodes texts (or (text, text) pairs) on the fly with `encode(text) -> dict`; padding happens per batch in
+    the collator. swap=True also encodes each pair the other way round under the `swap_` keys (pair-swap TTA)."""
 
-    def __init__(self, texts, tokenizer, max_len: int, targets=None):
-        self.texts, self.tokenizer, self.max_len, self.targets = list(texts), tokenizer, max_len, targets
+    def __init__(self, texts, encode, targets=None, swap: bool = False):
+        self.texts, self.encode, self.targets, self.swap = list(texts), encode, targets, swap
 
     def __len__(self):
         return len(self.texts)
 
     def __getitem__(self, i):
         text = self.texts[i]
-        pair = (text,) if isinstance(text, str) else tuple(text)
-        item = dict(self.tokenizer(*pair, truncation=True, max_length=self.max_len))
+        item = dict(self.encode(text))
+        if self.swap:
+            item.update({f"{SWAP}{k}": v for k, v in self.encode(tuple(reversed(text))).items()})
         item["index"] = i
         if self.targets is not None:
             item["target"] = self.targets[i]
@@ -40,25 +59,30 @@ class TextDataset(torch.utils.data.Dataset):
 
 
 class PaddingCollator:
-    """Dynamic padding: each batch is padded to its own longest sequence, not to max_len."""
+    """Dynamic padding: each batch is padded to its own longest sequence, not to max_len (the swap_ keys of
+    pair-swap TTA are padded on their own)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
     def __call__(self, items):
         extra = {k: [it.pop(k) for it in items] for k in ("index", "target") if k in items[0]}
+        swapped = [{k[len(SWAP):]: it.pop(k) for k in list(it) if k.startswith(SWAP)} for it in items]
         batch = dict(self.tokenizer.pad(items, return_tensors="pt"))
+        if swapped[0]:
+            batch.update({f"{SWAP}{k}": v for k, v in self.tokenizer.pad(swapped, return_tensors="pt").items()})
         batch["index"] = torch.tensor(extra["index"])
         if "target" in extra:
             batch["target"] = torch.tensor(extra["target"])
         return batch
 
 
-def length_grouped_sampler(texts: list[str], batch_size: int) -> LengthGroupedSampler:
+def length_grouped_sampler(texts: list, batch_size: int, generator: torch.Generator) -> LengthGroupedSampler:
     """Batches of similar length (the HF Trainer's group_by_length): with dynamic padding, less padding to compute.
-    Lengths are counted in characters, a close proxy for tokens. The shuffle draws from torch's global RNG, which
-    the trainer seeds per epoch, so a resumed run sees the same batches."""
-    return LengthGroupedSampler(batch_size, lengths=[len(t) for t in texts])
+    Lengths are counted in characters, a close proxy for tokens. The shuffle draws from the fold's generator, which
+    the trainer re-seeds every epoch, so a resumed run sees the same batches."""
+    lengths = [len(t) if isinstance(t, str) else sum(map(len, t)) for t in texts]
+    return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
 
 
 class AttentionPool(nn.Module):
@@ -77,7 +101,7 @@ class CrossEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, n_outputs: int, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
         if pooling not in ("cls", "mean", "attention"):
-            raise ValueError(f"pooling must be cls, mean or attention, got {pooling!r}")
+            raise ConfigError(f"pooling must be cls, mean or attention, got {pooling!r}")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT's pooler is unused here; unused parameters break DDP
         self.backbone, self.pooling = backbone, pooling
@@ -123,3 +147,75 @@ def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained
             if isinstance(module, nn.Dropout):  # covers attention dropout too: HF attention reads .p
                 module.p = float(backbone_dropout)
     return CrossEncoder(backbone, n_outputs, pooling, dropout)
+
+
+# ---- the text task --------------------------------------------------------------------------------
+class TextTask(Task):
+    """A Task whose inputs are texts. A competition implements load_train / load_test and `texts`; it may override
+    `encode` (how one text or pair becomes token ids). Tokenizer, dynamic padding, pooling, head, losses and
+    pair-swap TTA live here."""
+
+    config_defaults = TEXT_DEFAULTS
+
+    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list:
+        """One model input per row: a string, or a (text, text) pair tokenized as a pair. sep is the tokenizer's
+        separator token, for joining several fields into one string."""
+        raise NotImplementedError(f"{type(self).__name__} must implement texts()")
+
+    def encode(self, cfg: DictConfig, tokenizer, text) -> dict:
+        pair = (text,) if isinstance(text, str) else tuple(text)
+        return tokenizer(*pair, truncation=True, max_length=cfg.max_len)
+
+    def loss_name(self, cfg: DictConfig) -> str:
+        name = cfg.loss or {"binary": "bce", "regression": "mse", "multiclass": "ce"}[self.kind]
+        if name not in LOSSES or (name == "ce") != (self.kind == "multiclass"):
+            raise ConfigError(f"loss={name!r} does not fit a {self.kind} task; use "
+                              f"{'ce' if self.kind == 'multiclass' else 'bce or mse'}")
+        return name
+
+    def dataset(self, cfg, df, mode, ctx):
+        tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
+        texts = self.texts(cfg, df, tokenizer.sep_token)
+        targets = None
+        if TARGET in df:
+            targets = torch.tensor(df[TARGET].to_numpy(), dtype=torch.long if self.kind == "multiclass"
+                                   else torch.float32)
+        swap = bool(cfg.tta) and mode != "train" and len(texts) > 0 and not isinstance(texts[0], str)
+        return TextDataset(texts, lambda t: self.encode(cfg, tokenizer, t), targets, swap=swap)
+
+    def collate_fn(self, cfg, ctx):
+        return PaddingCollator(load_tokenizer(cfg.model, ctx.run_dir))
+
+    def train_sampler(self, cfg, train, ctx):
+        if not cfg.group_by_length:
+            return None
+        return length_grouped_sampler(self.texts(cfg, train, "[SEP]"), cfg.batch_size, ctx.generator)
+
+    def build_model(self, cfg, n_outputs, ctx, pretrained):
+        return create_text_model(cfg.model, n_outputs, ctx.run_dir, pretrained, cfg.pooling, cfg.head_dropout,
+                                 cfg.backbone_dropout)
+
+    def loss_fn(self, cfg, train, ctx):
+        name = self.loss_name(cfg)
+        if name == "ce":
+            return nn.CrossEntropyLoss()
+        if name == "bce":
+            return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y.float())
+        return lambda logits, y: nn.functional.mse_loss(logits.view(-1), y.float())
+
+    def activate(self, cfg, logits):
+        name = self.loss_name(cfg)
+        if name == "ce":
+            return logits.float().softmax(-1)
+        out = logits.float().view(-1, 1)
+        return out.sigmoid() if name == "bce" else out
+
+    def tta_views(self, cfg, batch):
+        """Pair-swap TTA: (a, b) and (b, a), for pair texts (the dataset encodes both when tta is on)."""
+        if not cfg.tta:
+            return [batch]
+        swapped = {k[len(SWAP):]: v for k, v in batch.items() if k.startswith(SWAP)}
+        if not swapped:
+            raise ConfigError(f"{self.name}: tta=true swaps the two texts of a pair; these inputs are single texts")
+        plain = {k: v for k, v in batch.items() if not k.startswith(SWAP)}
+        return [plain, {**swapped, **{k: v for k, v in plain.items() if k in ("index", "target")}}]

@@ -1,7 +1,9 @@
 """One Accelerate loop for every competition: K folds, each trained, evaluated, checkpointed and resumable.
 
-Read it top to bottom: `train_run` loops over folds, `train_fold` is the loop of one fold.
-The competition plugs in data, model, loss and metric through its Task.
+Read it top to bottom: `train` makes the run folder and its folds and loops over them; `train_fold` is the loop
+of one fold, in short pieces (context, loaders, optimizer, one epoch, evaluate, resume state). A model that is not a
+network (Task.estimator) goes through `train_estimator_fold` instead: same folds, OOF, metrics.json.
+The competition plugs in data, model, loss and metric through its Task (common/task.py).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -21,42 +24,45 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from common import plots
-from common.folds import make_folds
-from common.io import DataError, atomic_path, read_csv, read_json, write_csv, write_json
-from common.metrics import get_metric
+from common.errors import ConfigError, DataError, NotFound
+from common.io import atomic_path, read_csv, read_json, write_csv, write_json
+from common.metrics import get_metric, scores_with_threshold, tune_threshold
 from common.runs import Run
-from common.task import TARGET, Task, model_inputs
+from common.task import TARGET, FoldContext, Task, model_inputs
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-# on_evaluate(fold, epoch, score) is called after every evaluation; Optuna raises TrialPruned from it.
+ESTIMATOR_FILE = "model.joblib"  # a fold's fitted estimator (Task.estimator), next to its state
+# on_evaluate(fold, epoch, score) is called after every epoch's evaluation; Optuna raises TrialPruned from it.
 EvalCallback = Callable[[int, int, float], None]
 
 
+# ---- set-up ----------------------------------------------------------------------------------------------
 def create_accelerator(cfg: DictConfig) -> Accelerator:
     if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         # Accelerate would quietly train in fp32 here; say so instead.
-        raise ValueError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
+        raise ConfigError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
     # Several processes without a GPU (torchrun on a CPU machine) -> gloo; Accelerate needs cpu=True for that.
     cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-    # Accelerate keeps one process-wide state; a new run in the same process (tests, Optuna trials) may ask for
-    # another precision. The process group (PartialState) is kept.
+    # Accelerate keeps one process-wide state and refuses another precision for a second run in the same process
+    # (tests, Optuna trials, a notebook). It has no public reset, hence the private one; the process group
+    # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=PRECISIONS[cfg.precision], gradient_accumulation_steps=cfg.grad_accum,
                        cpu=cpu)
 
 
 def load_train_frame(task: Task, cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
-    """The train frame with the numeric target added, sampled down to `limit` rows if asked."""
+    """The train frame with the numeric target added, sampled down to `limit` rows (with fold_seed) if asked."""
     train = task.load_train(cfg)
     if cfg.limit and cfg.limit < len(train):
-        train = train.sample(n=int(cfg.limit), random_state=cfg.seed).sort_index()
+        train = train.sample(n=int(cfg.limit), random_state=cfg.fold_seed).sort_index()
     train = train.reset_index(drop=True)
     classes = task.classes(train)
     train[TARGET] = task.encode_target(train, classes)
@@ -64,33 +70,53 @@ def load_train_frame(task: Task, cfg: DictConfig) -> tuple[pd.DataFrame, list[st
 
 
 def assign_folds(run: Run, task: Task, cfg: DictConfig, train: pd.DataFrame, is_main: bool) -> np.ndarray:
-    """Folds are made once per run and saved; every later step (resume, infer, ensemble, tune) reads them."""
-    if run.folds_path.is_file():
-        saved = read_csv(run.folds_path)
+    """Folds are made once per run and saved; every later step (resume, infer, ensemble, tune) reads them.
+    folds_from= copies another run's split instead of drawing one."""
+    source = run.folds_path if run.folds_path.is_file() else folds_source(task, cfg)
+    if source is not None:
+        saved = read_csv(source)
         by_id = dict(zip(saved[task.id_column].astype(str), saved["fold"]))
         ids = train[task.id_column].astype(str)
         missing = ids[~ids.isin(by_id.keys())]
         if len(missing):
-            raise DataError(f"{run.folds_path}: {len(missing)} train id(s) have no fold, e.g. {missing.iloc[0]!r}; "
-                            f"the data changed since this run started")
-        return ids.map(by_id).to_numpy()
-    folds = make_folds(train, task.fold_spec, cfg.folds, cfg.seed)
-    if is_main:
+            raise DataError(f"{source}: {len(missing)} train id(s) have no fold, e.g. {missing.iloc[0]!r}; "
+                            f"the data changed since that split was made")
+        folds = ids.map(by_id).to_numpy().astype(int)
+    else:
+        folds = np.asarray(task.folds(cfg, train), dtype=int)
+        if folds.shape != (len(train),) or not set(np.unique(folds)) <= set(range(-1, cfg.folds)):
+            raise ValueError(f"{type(task).__name__}.folds must give one fold in -1..{cfg.folds - 1} per row")
+    if is_main and not run.folds_path.is_file():
         write_csv(pd.DataFrame({task.id_column: train[task.id_column], "fold": folds}), run.folds_path)
     return folds
 
 
-def train_run(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) -> dict:
+def folds_source(task: Task, cfg: DictConfig) -> Path | None:
+    """folds.csv of the run named by folds_from (a run name under runs/<c>/, a run folder or a folds.csv)."""
+    if not cfg.folds_from:
+        return None
+    for candidate in (Path(cfg.runs_dir) / task.name / str(cfg.folds_from) / "folds.csv",
+                      Path(cfg.folds_from) / "folds.csv", Path(cfg.folds_from)):
+        if candidate.is_file():
+            return candidate
+    raise NotFound(f"folds_from={cfg.folds_from}: no folds.csv there (a run name, a run folder or a CSV path)")
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) -> Run:
     """Train every fold of `train_folds` (skipping finished ones), then write oof.csv, metrics.json and plots."""
     started = time.time()
     accelerator = create_accelerator(cfg)
     if not cfg.run_name:  # every process must agree on the timestamped name
         cfg.run_name = broadcast_object_list([time.strftime("%Y%m%d-%H%M%S")])[0]
-    train, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written
+    train_df, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written
     run = Run.create(task.name, cfg, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     accelerator.print(f"run folder: {run.dir}")
-    train["fold"] = assign_folds(run, task, cfg, train, accelerator.is_main_process)
+    train_df["fold"] = assign_folds(run, task, cfg, train_df, accelerator.is_main_process)
+    if (train_df.fold < 0).any():
+        accelerator.print(f"{int((train_df.fold < 0).sum())} row(s) are in no fold (fold -1) and are left out")
+        train_df = train_df[train_df.fold >= 0].reset_index(drop=True)
     if accelerator.is_main_process:
         write_json(classes, run.classes_path)
     accelerator.wait_for_everyone()
@@ -100,16 +126,84 @@ def train_run(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = No
         if fold in run.finished_folds():
             accelerator.print(f"fold {fold}: already finished, kept as it is")
             continue
-        train_fold(task, cfg, accelerator, run, train, fold, classes, on_evaluate)
+        if task.estimator(cfg) is not None:
+            if accelerator.is_main_process:  # trees fit in one process; the others wait
+                train_estimator_fold(task, cfg, run, train_df, fold, classes, on_evaluate)
+        else:
+            train_fold(task, cfg, accelerator, run, train_df, fold, classes, on_evaluate)
+        accelerator.wait_for_everyone()
         accelerator.free_memory()
 
-    metrics = summarize(task, run, train, classes, fold_ids, started) if accelerator.is_main_process else {}
+    if accelerator.is_main_process:
+        summarize(task, run, train_df, classes, fold_ids, started)
     accelerator.wait_for_everyone()
-    return metrics
+    return run
 
 
-def create_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW with a backbone and a head learning rate; no weight decay on biases and norm weights."""
+def fold_split(task: Task, cfg: DictConfig, train_df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    trn = task.train_frame(cfg, train_df[train_df.fold != fold].reset_index(drop=True)).reset_index(drop=True)
+    val = task.valid_frame(cfg, train_df[train_df.fold == fold].reset_index(drop=True)).reset_index(drop=True)
+    return trn, val
+
+
+def fit_context(task: Task, cfg: DictConfig, accelerator: Accelerator | None, run: Run, fold: int,
+                trn: pd.DataFrame) -> FoldContext:
+    """Fit the fold's state on its training rows (main process), every other process reads it back."""
+    fold_dir = run.fold_dir(fold)
+    is_main = accelerator is None or accelerator.is_main_process
+    if is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        state = task.fit_fold(cfg, trn, fold_dir)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if not is_main:
+        state = task.load_fold(cfg, fold_dir)
+    return FoldContext(fold=fold, dir=fold_dir, run_dir=run.dir, state=state)
+
+
+def epoch_seed(cfg: DictConfig, fold: int, epoch: int) -> int:
+    return cfg.seed + 1000 * fold + epoch
+
+
+# ---- one fold of a network -------------------------------------------------------------------------------
+def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, train_df: pd.DataFrame,
+               fold: int, classes: list[str], on_evaluate: EvalCallback | None = None) -> None:
+    trn, val = fold_split(task, cfg, train_df, fold)
+    ctx = fit_context(task, cfg, accelerator, run, fold, trn)
+    set_seed(cfg.seed + fold)
+    model = task.build_model(cfg, len(classes), ctx, pretrained=cfg.pretrained)
+    train_dl, valid_dl = make_loaders(task, cfg, trn, val, ctx)
+    loss_fn = task.loss_fn(cfg, trn, ctx)
+    optimizer, scheduler = create_optimizer(cfg, model, len(train_dl))
+    model, optimizer, train_dl, valid_dl, scheduler = accelerator.prepare(
+        model, optimizer, train_dl, valid_dl, scheduler)
+    loop = FoldLoop(task, cfg, accelerator, run, fold, classes, model, optimizer, scheduler, loss_fn, val,
+                    valid_dl, on_evaluate)
+    loop.resume()
+    for epoch in range(loop.state["epoch"] + 1, cfg.epochs + 1):
+        stop = loop.train_one_epoch(epoch, train_dl, ctx)
+        if stop:
+            accelerator.print(f"fold {fold}: early stop, no improvement for {cfg.patience} evaluations")
+            break
+    loop.finish()
+
+
+def make_loaders(task: Task, cfg: DictConfig, trn: pd.DataFrame, val: pd.DataFrame,
+                 ctx: FoldContext) -> tuple[DataLoader, DataLoader]:
+    collate = task.collate_fn(cfg, ctx)
+    train_ds = task.dataset(cfg, trn, "train", ctx)
+    # The shuffle draws from ctx.generator, which the loop re-seeds every epoch: a resumed run sees the same order.
+    sampler = task.train_sampler(cfg, trn, ctx) or RandomSampler(train_ds, generator=ctx.generator)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size)
+    valid_dl = DataLoader(task.dataset(cfg, val, "valid", ctx), batch_size=cfg.batch_size, shuffle=False,
+                          collate_fn=collate, num_workers=cfg.num_workers)
+    return train_dl, valid_dl
+
+
+def create_optimizer(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch: int):
+    """AdamW with a backbone and a head learning rate, no weight decay on biases and norm weights; warm-up and
+    the configured schedule over the whole run."""
     head_ids = {id(p) for p in model.head.parameters()} if hasattr(model, "head") else set()
     groups = {}
     for name, p in model.named_parameters():
@@ -117,124 +211,176 @@ def create_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opt
             continue
         is_head = id(p) in head_ids
         decay = cfg.weight_decay if p.ndim > 1 else 0.0
-        key = (is_head, decay)
-        groups.setdefault(key, {"params": [], "lr": (cfg.head_lr or cfg.lr) if is_head else cfg.lr,
-                                "weight_decay": decay})["params"].append(p)
+        groups.setdefault((is_head, decay), {"params": [], "lr": (cfg.head_lr or cfg.lr) if is_head else cfg.lr,
+                                             "weight_decay": decay})["params"].append(p)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(list(groups.values()), lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam([dict(g, weight_decay=0.0) for g in groups.values()], lr=cfg.lr)
-    raise ValueError(f"optimizer must be adamw or adam, got {cfg.optimizer!r}")
-
-
-def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, train: pd.DataFrame,
-               fold: int, classes: list[str], on_evaluate: EvalCallback | None = None) -> None:
-    fold_dir = run.fold_dir(fold)
-    trn = task.train_frame(cfg, train[train.fold != fold].reset_index(drop=True)).reset_index(drop=True)
-    val = train[train.fold == fold].reset_index(drop=True)
-    metric = get_metric(task.metric)
-    set_seed(cfg.seed + fold)
-
-    model = task.build_model(cfg, len(classes), run.dir, pretrained=cfg.pretrained)
-    collate = task.collate_fn(cfg, run.dir)
-    sampler = task.train_sampler(cfg, trn)
-    train_dl = DataLoader(task.dataset(cfg, trn, "train", run.dir), batch_size=cfg.batch_size,
-                          shuffle=sampler is None, sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size)
-    valid_dl = DataLoader(task.dataset(cfg, val, "valid", run.dir), batch_size=cfg.batch_size,
-                          shuffle=False, collate_fn=collate, num_workers=cfg.num_workers)
-    loss_fn = task.loss_fn(cfg, trn)
-    optimizer = create_optimizer(cfg, model)
+        optimizer = torch.optim.AdamW(list(groups.values()), lr=cfg.lr)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam([dict(g, weight_decay=0.0) for g in groups.values()], lr=cfg.lr)
+    else:
+        raise ConfigError(f"optimizer must be adamw or adam, got {cfg.optimizer!r}")
     # Counted on the un-sharded loader: Accelerate steps the scheduler once per process.
-    total_steps = cfg.epochs * math.ceil(len(train_dl) / cfg.grad_accum)
+    total_steps = cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer, train_dl, valid_dl, scheduler = accelerator.prepare(
-        model, optimizer, train_dl, valid_dl, scheduler)
+    return optimizer, scheduler
 
-    state = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": None, "bad_evals": 0, "history": []}
-    last = _last_state_dir(fold_dir)
-    if last is not None:
-        accelerator.load_state(str(last))
-        state = read_json(last / "trainer_state.json")
-        accelerator.print(f"fold {fold}: resuming after epoch {state['epoch']} "
-                          f"(best {metric.name} {state['best_score']})")
 
-    def evaluate_and_record(epoch: int, train_loss: float) -> bool:
-        """Evaluate, keep the best checkpoint and OOF, log; return True when early stopping says stop."""
-        preds, valid_loss = predict_loader(task, cfg, accelerator, model, valid_dl, loss_fn)
-        score = metric(val[TARGET].to_numpy(), preds)
+class FoldLoop:
+    """The moving parts of one fold's loop and its resumable state (`state`, saved as trainer_state.json):
+    completed epochs, optimizer steps, batches done in the unfinished epoch, best score, history."""
+
+    def __init__(self, task, cfg, accelerator, run, fold, classes, model, optimizer, scheduler, loss_fn, val,
+                 valid_dl, on_evaluate):
+        self.task, self.cfg, self.accelerator, self.run, self.fold, self.classes = task, cfg, accelerator, run, fold, classes
+        self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
+        self.val, self.valid_dl, self.on_evaluate = val, valid_dl, on_evaluate
+        self.fold_dir = run.fold_dir(fold)
+        self.metric = get_metric(task.metric)
+        self.state = {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "best_score": None, "best_epoch": None,
+                      "bad_evals": 0, "history": []}
+
+    def resume(self) -> None:
+        last = last_state_dir(self.fold_dir)
+        if last is None:
+            return
+        self.accelerator.load_state(str(last))  # model, optimizer, scheduler and RNG states
+        self.state.update(read_json(last / "trainer_state.json"))
+        where = f"batch {self.state['batch']} of epoch {self.state['epoch'] + 1}" if self.state["batch"] else \
+            f"epoch {self.state['epoch']}"
+        self.accelerator.print(f"fold {self.fold}: resuming after {where} "
+                               f"(best {self.metric.name} {self.state['best_score']})")
+
+    def train_one_epoch(self, epoch: int, train_dl, ctx: FoldContext) -> bool:
+        """One pass over the training loader (from where a mid-epoch checkpoint left it); True = stop early."""
+        cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        ctx.generator.manual_seed(epoch_seed(cfg, self.fold, epoch))  # the epoch's shuffle, resumed or not
+        skip = state["batch"]
+        if skip:  # mid-epoch resume: the RNG states came back with the checkpoint
+            loader = accelerator.skip_first_batches(train_dl, skip)
+        else:
+            set_seed(epoch_seed(cfg, self.fold, epoch))
+            loader = train_dl
+        self.model.train()
+        bar = tqdm(loader, desc=f"fold {self.fold} epoch {epoch}/{cfg.epochs}", total=len(train_dl), initial=skip,
+                   leave=False, disable=not accelerator.is_local_main_process)
+        for batch in bar:
+            with accelerator.accumulate(self.model):
+                loss = self.task.train_loss(cfg, self.model, batch, self.loss_fn)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.clip_grad:
+                    accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            state["batch"] += 1
+            state["loss_sum"] += loss.detach().float().item()
+            bar.set_postfix(loss=f"{state['loss_sum'] / state['batch']:.4f}", refresh=False)
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            last_batch = state["batch"] == len(train_dl)
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and not last_batch:
+                if self.evaluate(epoch):
+                    return self.end_epoch(epoch, stop=True)
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last_batch:
+                self.save_resume_state()
+        return self.end_epoch(epoch, stop=self.evaluate(epoch))
+
+    def end_epoch(self, epoch: int, stop: bool) -> bool:
+        self.state.update(epoch=epoch, batch=0, loss_sum=0.0)
+        self.save_resume_state()
+        if self.accelerator.is_main_process:
+            write_csv(pd.DataFrame(self.state["history"]), self.fold_dir / "history.csv")
+        if self.on_evaluate is not None:
+            self.on_evaluate(self.fold, epoch, self.state["history"][-1]["score"])
+        return stop
+
+    def evaluate(self, epoch: int) -> bool:
+        """Score the fold's validation rows, keep the best checkpoint and OOF, log; True when early stopping says
+        stop."""
+        state, metric = self.state, self.metric
+        preds, valid_loss = predict_loader(self.task, self.cfg, self.accelerator, self.model, self.valid_dl,
+                                           self.loss_fn)
+        score = metric(self.val[TARGET].to_numpy(), preds)
         improved = metric.better(score, state["best_score"])
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_evals=0)
-            save_model(accelerator, model, run.checkpoint(fold))
-            if accelerator.is_main_process:
-                write_csv(oof_frame(task, val, preds, classes), fold_dir / "oof.csv")
+            save_model(self.accelerator, self.model, self.run.checkpoint(self.fold))
+            if self.accelerator.is_main_process:
+                write_csv(oof_frame(self.task, self.val, preds, self.classes), self.fold_dir / "oof.csv")
         else:
             state["bad_evals"] += 1
-        state["history"].append({"fold": fold, "epoch": epoch, "step": state["step"], "train_loss": train_loss,
+        train_loss = state["loss_sum"] / max(state["batch"], 1)
+        state["history"].append({"fold": self.fold, "epoch": epoch, "step": state["step"], "train_loss": train_loss,
                                  "valid_loss": valid_loss, "score": score,
-                                 "lr": scheduler.get_last_lr()[0]})
-        accelerator.print(f"fold {fold} epoch {epoch} step {state['step']}: train_loss {train_loss:.4f} "
-                          f"valid_loss {valid_loss:.4f} {metric.name} {score:.4f}{' *' if improved else ''}")
-        model.train()
-        return bool(cfg.patience) and state["bad_evals"] >= cfg.patience
+                                 "lr": self.scheduler.get_last_lr()[0]})
+        self.accelerator.print(f"fold {self.fold} epoch {epoch} step {state['step']}: train_loss {train_loss:.4f} "
+                               f"valid_loss {valid_loss:.4f} {metric.name} {score:.4f}{' *' if improved else ''}")
+        self.model.train()
+        return bool(self.cfg.patience) and state["bad_evals"] >= self.cfg.patience
 
-    stop = False
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        set_seed(cfg.seed + 1000 * fold + epoch)  # the same shuffle whether or not the run was resumed
-        model.train()
-        losses = []
-        bar = tqdm(train_dl, desc=f"fold {fold} epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not accelerator.is_local_main_process)
-        for batch in bar:
-            with accelerator.accumulate(model):
-                loss = task.train_loss(cfg, model, batch, loss_fn)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            losses.append(loss.detach().float().item())
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if accelerator.sync_gradients:
-                state["step"] += 1
-                if cfg.eval_every and state["step"] % cfg.eval_every == 0 and len(losses) < len(train_dl):
-                    if evaluate_and_record(epoch, float(np.mean(losses))):
-                        stop = True
-                        break
-        if not stop:
-            stop = evaluate_and_record(epoch, float(np.mean(losses)))
-        state["epoch"] = epoch
-        _save_last_state(accelerator, fold_dir, state)
-        if accelerator.is_main_process:
-            write_csv(pd.DataFrame(state["history"]), fold_dir / "history.csv")
-        if on_evaluate is not None:
-            on_evaluate(fold, epoch, state["history"][-1]["score"])
-        if stop:
-            accelerator.print(f"fold {fold}: early stop, no improvement for {cfg.patience} evaluations")
-            break
+    def save_resume_state(self) -> None:
+        save_resume_state(self.accelerator, self.fold_dir, self.state)
 
-    if accelerator.is_main_process:
-        write_json({"fold": fold, "best_score": state["best_score"], "best_epoch": state["best_epoch"]},
-                   fold_dir / "done.json")
-        shutil.rmtree(fold_dir / "last", ignore_errors=True)  # the resume state is no longer needed
-    accelerator.wait_for_everyone()
+    def finish(self) -> None:
+        if self.accelerator.is_main_process:
+            write_json({"fold": self.fold, "best_score": self.state["best_score"],
+                        "best_epoch": self.state["best_epoch"]}, self.fold_dir / "done.json")
+            shutil.rmtree(self.fold_dir / "last", ignore_errors=True)  # the resume state is no longer needed
+        self.accelerator.wait_for_everyone()
 
 
+# ---- one fold of an estimator ----------------------------------------------------------------------------
+def train_estimator_fold(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, fold: int,
+                         classes: list[str], on_evaluate: EvalCallback | None = None) -> None:
+    """Fit Task.estimator on the fold's training features, predict its validation rows: the fold's OOF."""
+    trn, val = fold_split(task, cfg, train_df, fold)
+    ctx = fit_context(task, cfg, None, run, fold, trn)
+    started = time.time()
+    estimator = task.estimator(cfg)
+    estimator.fit(task.features(cfg, trn, ctx), trn[TARGET].to_numpy())
+    with atomic_path(ctx.dir / ESTIMATOR_FILE) as tmp:
+        joblib.dump(estimator, tmp)
+    preds = estimator_predict(task, estimator, task.features(cfg, val, ctx))
+    metric = get_metric(task.metric)
+    score = metric(val[TARGET].to_numpy(), preds)
+    write_csv(oof_frame(task, val, preds, classes), ctx.dir / "oof.csv")
+    write_csv(pd.DataFrame([{"fold": fold, "epoch": 1, "step": 1, "train_loss": np.nan, "valid_loss": np.nan,
+                             "score": score, "lr": np.nan}]), ctx.dir / "history.csv")
+    print(f"fold {fold}: {type(estimator).__name__} on {len(trn)} rows, {time.time() - started:.1f} s: "
+          f"{metric.name} {score:.4f}")
+    write_json({"fold": fold, "best_score": score, "best_epoch": 1}, ctx.dir / "done.json")
+    if on_evaluate is not None:
+        on_evaluate(fold, 1, score)
+
+
+def estimator_predict(task: Task, estimator, features: pd.DataFrame) -> np.ndarray:
+    """(rows, columns of classes): probabilities for classification, the prediction for regression."""
+    if task.kind == "regression":
+        return np.asarray(estimator.predict(features), dtype=float).reshape(-1, 1)
+    proba = np.asarray(estimator.predict_proba(features), dtype=float)
+    return proba[:, 1:2] if task.kind == "binary" else proba
+
+
+# ---- prediction and checkpoints --------------------------------------------------------------------------
 @torch.no_grad()
 def predict_loader(task: Task, cfg: DictConfig, accelerator: Accelerator, model, loader,
-                   loss_fn=None) -> tuple[np.ndarray, float]:
-    """Predictions for every row of the loader's dataset in its order, exact under several processes."""
+                   loss_fn=None, tta: bool = False) -> tuple[np.ndarray, float]:
+    """Predictions for every row of the loader's dataset in its order, exact under several processes. With tta,
+    the mean over the task's views of each batch, taken after activation."""
     model.eval()
     preds, index, loss_sum, n = [], [], 0.0, 0
     for batch in tqdm(loader, desc="predict", leave=False, disable=not accelerator.is_local_main_process):
-        logits = model(**model_inputs(batch))
-        if loss_fn is not None and "target" in batch:
-            loss_sum += loss_fn(logits, batch["target"]).float().item() * len(batch["index"])
-            n += len(batch["index"])
-        p, i = accelerator.gather_for_metrics((task.activate(cfg, logits), batch["index"]))
+        views = task.tta_views(cfg, batch) if tta else [batch]
+        outputs = []
+        for view in views:
+            logits = model(**model_inputs(view))
+            outputs.append(task.activate(cfg, logits))
+            if loss_fn is not None and "target" in batch and view is views[0]:
+                loss_sum += loss_fn(logits, batch["target"]).float().item() * len(batch["index"])
+                n += len(batch["index"])
+        p, i = accelerator.gather_for_metrics((torch.stack(outputs).mean(0), batch["index"]))
         preds.append(p.float().cpu().numpy())
         index.append(i.cpu().numpy())
     preds, index = np.concatenate(preds), np.concatenate(index)
@@ -266,8 +412,8 @@ def save_model(accelerator: Accelerator, model, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def _save_last_state(accelerator: Accelerator, fold_dir: Path, state: dict) -> None:
-    """Resume state (model, optimizer, scheduler, RNG) of the last finished epoch, swapped in atomically."""
+def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict) -> None:
+    """Resume state (model, optimizer, scheduler, RNG + trainer_state.json), swapped in atomically."""
     tmp, last, old = fold_dir / "last.tmp", fold_dir / "last", fold_dir / "last.old"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,36 +428,46 @@ def _save_last_state(accelerator: Accelerator, fold_dir: Path, state: dict) -> N
     accelerator.wait_for_everyone()
 
 
-def _last_state_dir(fold_dir: Path) -> Path | None:
+def last_state_dir(fold_dir: Path) -> Path | None:
     for d in (fold_dir / "last", fold_dir / "last.old"):  # last.old survives a kill between the two renames
         if (d / "trainer_state.json").is_file():
             return d
     return None
 
 
-def summarize(task: Task, run: Run, train: pd.DataFrame, classes: list[str], fold_ids: list[int],
+# ---- the run's summary -----------------------------------------------------------------------------------
+def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], fold_ids: list[int],
               started: float) -> dict:
+    """oof.csv in train order, metrics.json, threshold.json (binary tasks scored on labels), plots."""
     metric = get_metric(task.metric)
     done = [f for f in fold_ids if (run.fold_dir(f) / "done.json").is_file()]
+    if not done:
+        raise NotFound(f"{run.dir}: no finished fold")
     oof = pd.concat([read_csv(run.fold_dir(f) / "oof.csv") for f in done], ignore_index=True)
-    # OOF in train order, one prediction per trained row.
-    order = {v: i for i, v in enumerate(train[task.id_column].astype(str))}
+    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
     oof = oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
     write_csv(oof, run.oof_path)
-    fold_scores = [metric(g["target"].to_numpy(), g[classes].to_numpy()) for _, g in oof.groupby("fold")]
+    y, p = oof["target"].to_numpy(), oof[classes].to_numpy()
+    threshold = tune_threshold(y, p[:, 0], metric) if task.thresholded else None
+    cv, fold_scores = scores_with_threshold(metric, oof, classes, threshold)
     metrics = {
         "metric": metric.name,
         "greater_is_better": metric.greater_is_better,
-        "cv": metric(oof["target"].to_numpy(), oof[classes].to_numpy()),
+        "cv": cv,
         "folds": fold_scores,
         "best_epochs": [read_json(run.fold_dir(f) / "done.json")["best_epoch"] for f in done],
         "n_rows": len(oof),
         "wall_time_s": round(time.time() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if threshold is not None:
+        metrics["threshold"] = threshold
+        metrics["cv_at_0.5"] = metric(y, p)
+        write_json({"threshold": threshold, "tuned_on": "oof.csv"}, run.threshold_path)
     write_json(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
     task.plots(run.config(), oof, classes, run.plots_dir)
-    print(f"CV {metric.name}: {metrics['cv']:.4f}  folds: {', '.join(f'{s:.4f}' for s in fold_scores)}")
+    cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5)" if threshold else ""
+    print(f"CV {metric.name}: {cv:.4f}{cut}  folds: {', '.join(f'{s:.4f}' for s in fold_scores)}")
     return metrics

@@ -26,16 +26,20 @@ from pathlib import Path
 import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
-from common import cli
-from common.config import ConfigError, parse_args
+from common.config import parse_args
+from common.errors import ConfigError
 from common.io import atomic_path, write_csv
 from common.metrics import get_metric
 from common.runs import Run
 from common.task import Task
-from common.trainer import assign_folds, load_train_frame, train_run
+from common.trainer import assign_folds, load_train_frame, train
 
 TUNE_DEFAULTS = {
     "n_trials": 20,          # finished (complete or pruned) trials the study should hold, over all invocations
@@ -49,7 +53,7 @@ TUNE_DEFAULTS = {
     "space": None,           # {key: {type: float|int|categorical, low, high, log, step, choices}}; null -> lr only
 }
 # A trial may not change which rows it trains on or how they are split: all trials share the study's folds.
-FIXED_KEYS = {"seed", "folds", "train_folds", "limit", "data_dir", "run_name", "runs_dir", "experiment"}
+FIXED_KEYS = {"seed", "fold_seed", "folds_from", "folds", "train_folds", "limit", "data_dir", "run_name", "runs_dir", "experiment"}
 # Trials that count towards n_trials. A RUNNING one is another worker's (dead workers' trials are failed first).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -58,12 +62,16 @@ class StudyFull(Exception):
     """Raised in a trial started after other workers had already filled the study."""
 
 
-def main(task: Task, argv: list[str] | None = None) -> optuna.Study:
-    return cli.main(lambda: tune(task, argv))
-
-
-def tune(task: Task, argv: list[str] | None) -> optuna.Study:
+def command(task: Task, argv: list[str] | None = None) -> optuna.Study:
+    """make <c>-tune RUN=study ARGS="tune.n_trials=30 lr=...": the config and the tune.* settings from argv."""
     cfg, settings = load_settings(task, argv)
+    return tune(task, cfg, settings)
+
+
+def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> optuna.Study:
+    """Run (or resume) the study over settings.space (default: the config's tune: section); returns the study."""
+    from common import cli
+    settings = settings if settings is not None else cli.command_section("tune", TUNE_DEFAULTS, cfg, [])
     metric = get_metric(task.metric)
     study_name = settings.study_name or cfg.run_name or "tune"
     space = search_space(cfg, settings)  # bad settings fail here, before anything is written
@@ -106,7 +114,7 @@ def tune(task: Task, argv: list[str] | None) -> optuna.Study:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{metric.name} {score:.4f} at fold {fold} epoch {epoch}")
 
-        return train_run(task, trial_cfg, on_evaluate=report)["cv"]
+        return train(task, trial_cfg, on_evaluate=report).metrics()["cv"]
 
     if done < settings.n_trials:
         study.optimize(objective, timeout=settings.timeout, gc_after_trial=True,
@@ -120,6 +128,7 @@ def tune(task: Task, argv: list[str] | None) -> optuna.Study:
 def load_settings(task: Task, argv: list[str] | None) -> tuple[DictConfig, DictConfig]:
     """(config, tune settings). The tune.* arguments stay out of the config, so every trial's config is the same
     whatever n_trials or storage an invocation asks for; competitions without a `tune:` section get TUNE_DEFAULTS."""
+    from common import cli
     args = parse_args(argv)
     cfg = task.config([o for o in args.overrides if not o.startswith("tune.")], args.config)
     return cfg, cli.command_section("tune", TUNE_DEFAULTS, cfg, args.overrides)

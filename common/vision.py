@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
-from common.io import DataError
+from common.errors import ConfigError, DataError
 from common.task import TARGET, Task
 from common.weights import WeightsNotFound, resolve_timm_weights
 
@@ -28,7 +28,7 @@ IMAGE_DEFAULTS = {
     "image_dir": None,          # folder of the image files; null -> the competition's default under data_dir
     "augment": None,            # train-time albumentations: {ClassName: {arg: value}}, applied in order
     "head_dropout": 0.0,        # dropout before the linear head (0.4: the armyworm paper's Grad-CAM models)
-    "drop_rate": 0.0,           # timm's own dropout inside the backbone
+    "backbone_dropout": 0.0,    # timm's own dropout of the backbone (its drop_rate, on the pooled features)
     "weights": None,            # a local weights file for the backbone (else packaged / Kaggle input / hub)
     "image_cache": None,        # folder for pre-resized copies (decoded once, keyed by size); null -> off
     "channels_last": False,     # NHWC memory format: faster convolutions on recent GPUs
@@ -56,12 +56,12 @@ class ImageClassifier(nn.Module):
 
 
 def create_image_model(name: str, n_outputs: int, pretrained: bool, weights: str | None = None,
-                       head_dropout: float = 0.0, drop_rate: float = 0.0) -> ImageClassifier:
+                       head_dropout: float = 0.0, backbone_dropout: float = 0.0) -> ImageClassifier:
     """Any timm name. Weights: `weights=` file, packaged offline weights, a Kaggle input dir, else the hub."""
     local = resolve_timm_weights(name, weights) if pretrained else None
     hub = pretrained and local is None
     try:
-        backbone = timm.create_model(name, pretrained=hub, num_classes=0, drop_rate=drop_rate)
+        backbone = timm.create_model(name, pretrained=hub, num_classes=0, drop_rate=backbone_dropout)
     except Exception as e:  # a hub miss offline: say so instead of a stack of HTTP errors
         if hub:
             raise WeightsNotFound(f"{name}: pretrained weights not found locally and the hub failed ({e}); "
@@ -114,7 +114,7 @@ def build_transforms(cfg: DictConfig, train: bool, exclude: set[str] = frozenset
             if name in exclude:
                 continue
             if not hasattr(A, name):
-                raise ValueError(f"augment: albumentations has no transform {name!r}")
+                raise ConfigError(f"augment: albumentations has no transform {name!r}")
             steps.append(getattr(A, name)(**(kwargs or {})))
     steps += [A.Normalize(mean=norm["mean"], std=norm["std"]), ToTensorV2()]
     return A.Compose(steps)
@@ -176,14 +176,19 @@ TTA_TRANSFORMS = {
 }
 
 
-def tta_wrap(model: nn.Module, names) -> nn.Module:
-    """ttach wrapper averaging the model's outputs over every combination of the named views."""
+def tta_compose(names) -> ttach.Compose:
+    """Every combination of the named ttach views (hflip + rot90: 2 x 4 = 8 views, the identity among them)."""
     names = list(names)
     unknown = [n for n in names if n not in TTA_TRANSFORMS]
     if unknown:
-        raise ValueError(f"unknown TTA transform(s) {unknown}; choose from {', '.join(TTA_TRANSFORMS)}")
-    return ttach.ClassificationTTAWrapper(model, ttach.Compose([TTA_TRANSFORMS[n]() for n in names]),
-                                          merge_mode="mean")
+        raise ConfigError(f"unknown TTA transform(s) {unknown}; choose from {', '.join(TTA_TRANSFORMS)}")
+    return ttach.Compose([TTA_TRANSFORMS[n]() for n in names])
+
+
+def image_views(batch: dict, names, key: str = "image") -> list[dict]:
+    """The ttach views of a batch: only `key` is transformed; other inputs (features, ids) ride along unchanged.
+    Labels need no de-augmentation: a flipped leaf has the same class."""
+    return [{**batch, key: transformer.augment_image(batch[key])} for transformer in tta_compose(names)]
 
 
 # ---- the image task -----------------------------------------------------------------------------
@@ -213,7 +218,7 @@ class ImageTask(Task):
     def transforms(self, cfg: DictConfig, df: pd.DataFrame, mode: str):
         return build_transforms(cfg, train=mode == "train")
 
-    def dataset(self, cfg, df, mode, run_dir):
+    def dataset(self, cfg, df, mode, ctx):
         targets = torch.tensor(df[TARGET].to_numpy()) if TARGET in df else None  # a copy: pandas arrays are read-only
         if targets is not None and self.kind == "multiclass":
             targets = targets.long()
@@ -222,15 +227,20 @@ class ImageTask(Task):
         cache = ImageCache(cfg.image_cache, cfg.image_size) if cfg.image_cache else None
         return ImageDataset(df[self.image_column], self.transforms(cfg, df, mode), targets, cache)
 
-    def build_model(self, cfg, n_outputs, run_dir, pretrained):
-        model = create_image_model(cfg.model, n_outputs, pretrained, cfg.weights, cfg.head_dropout, cfg.drop_rate)
+    def build_model(self, cfg, n_outputs, ctx, pretrained):
+        model = create_image_model(cfg.model, n_outputs, pretrained, cfg.weights, cfg.head_dropout,
+                                   cfg.backbone_dropout)
         return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
-    def tta_model(self, cfg, model):
+    def tta_names(self, cfg: DictConfig) -> list[str]:
+        """tta=true -> the tta_transforms views; tta=[hflip, vflip] names them directly; false -> none."""
         if not cfg.tta:
-            return model
-        names = list(cfg.tta_transforms) if cfg.tta is True else list(cfg.tta)
-        return tta_wrap(model, names)
+            return []
+        return list(cfg.tta_transforms) if cfg.tta is True else list(cfg.tta)
+
+    def tta_views(self, cfg, batch):
+        names = self.tta_names(cfg)
+        return image_views(batch, names) if names else [batch]
 
     def image_dir(self, cfg: DictConfig, default: str) -> Path:
         return Path(cfg.image_dir) if cfg.image_dir else self.data_dir(cfg) / default

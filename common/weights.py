@@ -8,9 +8,11 @@ import importlib
 import os
 from pathlib import Path
 
+from common.errors import NotFound
 
-class WeightsNotFound(FileNotFoundError):
-    pass
+
+class WeightsNotFound(NotFound):
+    """Pretrained weights were asked for and cannot be found: never a silent random init."""
 
 
 def _minilm_path() -> str:

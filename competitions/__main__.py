@@ -2,6 +2,8 @@
 
 Commands: train, infer, submit, ensemble, tune, push, gradcam, demo. A new competition folder gets all of
 them by defining its Task subclass in competitions/<c>/task.py; nothing here names a competition.
+This is the one place where a UserError (bad data, config, missing run or weights) becomes a one-line message and
+exit code 2; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -9,17 +11,18 @@ import importlib
 import inspect
 import sys
 
+from common.errors import UserError
 from common.task import Task
 
-# command -> "module:function"; each function takes (task, argv).
+# command -> "module:function"; each function takes (task, argv) and parses argv itself.
 COMMANDS = {
     "train": "common.cli:train",
     "infer": "common.cli:infer",
-    "submit": "common.cli:submit_command",
-    "ensemble": "common.ensemble:main",
-    "tune": "common.tune:main",
-    "push": "common.kaggle:push_main",
-    "gradcam": "common.gradcam:main",
+    "submit": "common.cli:submit",
+    "ensemble": "common.ensemble:command",
+    "tune": "common.tune:command",
+    "push": "common.kaggle:command",
+    "gradcam": "common.gradcam:command",
 }
 
 
@@ -28,24 +31,33 @@ def load_task(competition: str) -> Task:
         module = importlib.import_module(f"competitions.{competition}.task")
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith(f"competitions.{competition}"):
-            raise SystemExit(f"unknown competition {competition!r} (no competitions/{competition}/task.py)")
+            raise UserError(f"unknown competition {competition!r} (no competitions/{competition}/task.py)") from None
         raise
     tasks = [c for _, c in inspect.getmembers(module, inspect.isclass)
              if issubclass(c, Task) and c is not Task and c.__module__ == module.__name__]
     if len(tasks) != 1:
-        raise SystemExit(f"competitions/{competition}/task.py must define exactly one Task subclass")
+        raise TypeError(f"competitions/{competition}/task.py must define exactly one Task subclass")
     return tasks[0]()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[1] not in (*COMMANDS, "demo"):
-        raise SystemExit(f"usage: python -m competitions <competition> <{'|'.join([*COMMANDS, 'demo'])}> key=value ...")
-    competition, command, rest = argv[0], argv[1], argv[2:]
+def run_command(competition: str, command: str, argv: list[str]):
+    """Call one command; what it returns (a Run, a path, a study) goes back to the caller."""
     if command == "demo":
-        importlib.import_module(f"competitions.{competition}.demo").main(rest)
-        return
+        return importlib.import_module(f"competitions.{competition}.demo").main(argv)
+    if command not in COMMANDS:
+        raise UserError(f"unknown command {command!r}; one of {', '.join([*COMMANDS, 'demo'])}")
     module_name, function = COMMANDS[command].split(":")
-    getattr(importlib.import_module(module_name), function)(load_task(competition), rest)
+    return getattr(importlib.import_module(module_name), function)(load_task(competition), argv)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        sys.exit(f"usage: python -m competitions <competition> <{'|'.join([*COMMANDS, 'demo'])}> key=value ...")
+    try:
+        run_command(argv[0], argv[1], argv[2:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

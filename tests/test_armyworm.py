@@ -9,7 +9,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from common import cli
-from common.gradcam import explain, run_gradcam
+from common.gradcam import command as gradcam_command
+from common.gradcam import explain
 from common.io import DataError
 from common.runs import Run
 from competitions.armyworm import demo
@@ -40,7 +41,7 @@ def test_train_submit_infer_and_gradcam_end_to_end(workdir):
     assert metrics["folds"] == pytest.approx([roc_auc_score(g["target"], g["pred"]) for _, g in oof.groupby("fold")])
 
     # Submission: the sample file row for row, its target column (this copy says Label) holding probabilities.
-    sub = pd.read_csv(cli.submit_command(TASK, ["run_name=e2e", "tta=false", "batch_size=64"]))
+    sub = pd.read_csv(cli.submit(TASK, ["run_name=e2e", "tta=false", "batch_size=64"]))
     sample = pd.read_csv(data / "SampleSubmission.csv")
     assert list(sub.columns) == list(sample.columns) == ["Image_id", "Label"]
     assert (sub["Image_id"] == sample["Image_id"]).all()
@@ -62,7 +63,7 @@ def test_train_submit_infer_and_gradcam_end_to_end(workdir):
     # Grad-CAM: overlays of the model's input size in four groups, one sheet per group, and a second run
     # (another input size and the paper's Dropout(0.4) head) compared on the same images.
     cli.train(TASK, [f"data_dir={data}", "run_name=e2e96", *QUICK, "image_size=96", "head_dropout=0.4"])
-    out = run_gradcam(TASK, ["run_name=e2e", "run2=e2e96", "n=3"])
+    out = gradcam_command(TASK, ["run_name=e2e", "run2=e2e96", "n=3"])
     overlays = sorted(out.glob("*/*.png"))
     assert overlays and {p.parent.name for p in overlays} <= {"correct_1", "correct_0", "false_negative",
                                                                "false_positive"}

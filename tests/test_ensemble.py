@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from common import cli, ensemble
-from common.metrics import get_metric
+from common.metrics import get_metric, tune_threshold
 from common.submission import validate
+from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
 from tests.conftest import shared_data
 
@@ -22,15 +23,16 @@ def metrics(runs_dir, name):
 
 
 def test_the_blend_scores_at_least_the_better_run_and_can_be_submitted(two_runs, workdir, capsys):
-    result = ensemble.main(TASK, ["runs=a b", "run_name=blend", f"runs_dir={two_runs}"])
+    result = ensemble.command(TASK, ["runs=a b", "run_name=blend", f"runs_dir={two_runs}"])
     report = capsys.readouterr().out
     blend_dir = two_runs / "usppm/blend"
     saved = metrics(two_runs, "blend")
-    assert saved == json.loads(json.dumps(result))
+    assert saved == result.metrics() and result.dir == blend_dir
+    recipe = json.loads((blend_dir / "blend.json").read_text())  # the recipe has its own file
     run_cv = {name: metrics(two_runs, name)["cv"] for name in "ab"}
-    assert saved["ensemble"]["run_cv"] == pytest.approx(run_cv)
+    assert recipe["run_cv"] == pytest.approx(run_cv)
     assert saved["cv"] >= max(run_cv.values()) - 1e-12, "the blend must not be worse than its better run on OOF"
-    weights = saved["ensemble"]["weights"]
+    weights = recipe["weights"]
     assert set(weights) <= {"a", "b"} and sum(weights.values()) == pytest.approx(1, abs=1e-5)
     for name in ["a", "b", "blend"]:  # the report names each run with its CV, and the blend's
         assert re.search(rf"^\s+{name}\s+-?\d\.\d{{5}}", report, re.M), report
@@ -43,22 +45,23 @@ def test_the_blend_scores_at_least_the_better_run_and_can_be_submitted(two_runs,
     blended = pd.read_csv(blend_dir / "test_preds.csv").set_index("id")["pred"]
     assert np.allclose(blended, expected.loc[blended.index])
 
-    submission = cli.submit_command(TASK, ["run_name=blend", f"runs_dir={two_runs}"])
+    submission = cli.submit(TASK, ["run_name=blend", f"runs_dir={two_runs}"])
     validate(submission, shared_data("usppm") / "sample_submission.csv")
 
 
 @pytest.mark.parametrize("args", [["rank=true"], ["method=scipy"], ["method=hill"]])
 def test_rank_averaging_and_each_weight_search(two_runs, workdir, args):
     name = "blend-" + "-".join(a.split("=")[1] for a in args)
-    ensemble.main(TASK, ["runs=a b", f"run_name={name}", f"runs_dir={two_runs}", *args])
+    ensemble.command(TASK, ["runs=a b", f"run_name={name}", f"runs_dir={two_runs}", *args])
     saved = metrics(two_runs, name)
-    assert saved["ensemble"]["rank"] == ("rank=true" in args)
-    assert sum(saved["ensemble"]["weights"].values()) == pytest.approx(1, abs=1e-5)
+    recipe = json.loads((two_runs / f"usppm/{name}/blend.json").read_text())
+    assert recipe["rank"] == ("rank=true" in args)
+    assert sum(recipe["weights"].values()) == pytest.approx(1, abs=1e-5)
     if "rank=true" in args:  # ranks scaled to (0, 1]
         preds = pd.read_csv(two_runs / f"usppm/{name}/test_preds.csv")["pred"]
         assert preds.between(0, 1).all() and preds.max() == pytest.approx(1)
     if "method=hill" in args:  # hill climbing starts from the better run: never below it
-        assert saved["cv"] >= max(saved["ensemble"]["run_cv"].values()) - 1e-12
+        assert saved["cv"] >= max(recipe["run_cv"].values()) - 1e-12
 
 
 def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
@@ -67,8 +70,8 @@ def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
     folds = pd.read_csv(other / "folds.csv")
     folds["fold"] = 1 - folds["fold"]
     folds.to_csv(other / "folds.csv", index=False)
-    with pytest.raises(SystemExit) as exit_info:
-        ensemble.main(TASK, ["runs=a b-shifted", "run_name=refused", f"runs_dir={two_runs}"])
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line, exit 2
+        main(["usppm", "ensemble", "runs=a b-shifted", "run_name=refused", f"runs_dir={two_runs}"])
     assert exit_info.value.code == 2
     assert "run b-shifted does not share the folds of run a (120 of 120 rows" in capsys.readouterr().err
     assert not (two_runs / "usppm/refused").exists()
@@ -84,7 +87,7 @@ def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
 ])
 def test_bad_ensemble_arguments_are_named(two_runs, workdir, capsys, args, message):
     with pytest.raises(SystemExit):
-        ensemble.main(TASK, [*args, f"runs_dir={two_runs}"])
+        main(["usppm", "ensemble", *args, f"runs_dir={two_runs}"])
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -101,12 +104,13 @@ def test_hill_climbing_finds_the_complementary_blend_for_a_ranking_metric():
     assert auc(y, ensemble.combine(preds, w)) > max(auc(y, p) for p in preds) + 0.02
 
 
-def test_the_threshold_is_re_tuned_on_the_blend_and_moved_to_one_half():
+def test_a_blend_made_before_threshold_json_is_applied_as_it_was_made():
+    """Old blends moved their tuned cut t onto 0.5 (recipe key `threshold`); they still predict the same labels."""
     rng = np.random.default_rng(1)
     y = (rng.random(3000) < 0.3).astype(int)
     p = np.clip(0.25 * y + rng.normal(0.2, 0.1, len(y)), 0, 1)  # calibrated badly: the best cut is far below 0.5
     accuracy = get_metric("accuracy")
-    t = ensemble.tune_threshold(y, p, accuracy)
+    t = tune_threshold(y, p, accuracy)
     assert 0.2 < t < 0.45 and accuracy(y, (p >= t).astype(float)) > accuracy(y, p) + 0.1
     moved = ensemble.move_threshold(p, t)
     assert accuracy(y, moved) == pytest.approx(accuracy(y, (p >= t).astype(float)))

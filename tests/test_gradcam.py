@@ -13,7 +13,14 @@ from sklearn.datasets import load_sample_images
 from timm.data import ImageNetInfo
 
 from common.config import ConfigError
-from common.gradcam import cam_targets, overlay, overlay_name, pick_groups, split_args, target_layer
+from common.gradcam import (
+    cam_targets,
+    overlay,
+    overlay_name,
+    pick_groups,
+    split_args,
+    target_layer,
+)
 from common.vision import create_image_model, load_backbone_weights
 from common.weights import resolve_timm_weights
 
@@ -72,8 +79,9 @@ def test_groups_hold_the_most_confident_rows_of_each_kind_of_answer():
     groups = pick_groups(multi, "multiclass", ["cat", "dog", "owl"], n=5)
     assert list(groups["correct"]["id"]) == [3, 1] and list(groups["wrong"]["id"]) == [2]
     assert list(groups["wrong"]["predicted"]) == [0]
-    with pytest.raises(ValueError, match="regression"):
-        pick_groups(oof, "regression", ["pred"], n=2)
+    reg = pd.DataFrame({"id": [1, 2, 3, 4], "fold": 0, "target": [10.0, 20.0, 5.0, 8.0], "pred": [11, 20, 9, 7]})
+    groups = pick_groups(reg, "regression", ["pred"], n=2)  # by relative error: 0.1, 0, 0.8, 0.125
+    assert list(groups["closest"]["id"]) == [2, 1] and list(groups["furthest"]["id"]) == [3, 4]
 
 
 def test_own_arguments_are_split_from_run_overrides():

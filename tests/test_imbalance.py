@@ -1,5 +1,7 @@
 """Imbalance options (common/imbalance.py): each one runs and changes what the model sees or how it is scored.
 The label counts are the real DACON anomaly distribution (88 labels, hazelnut-good 391 ... wood-color 4)."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,9 +9,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.imbalance import (ClassificationLoss, balanced_sampler, class_weight_vector, focal_loss, minority_rows,
-                              per_label_f1, resample)
-from common.task import TARGET
+from common.errors import ConfigError
+from common.imbalance import (
+    ClassificationLoss,
+    balanced_sampler,
+    class_weight_vector,
+    focal_loss,
+    minority_rows,
+    per_label_f1,
+    resample,
+)
+from common.task import TARGET, FoldContext
 from competitions.mvtec.task import MvtecTask
 from tests.conftest import shared_data
 
@@ -28,12 +38,12 @@ def dacon():
 def test_weighted_sampler_draws_rare_labels_far_more_often_than_the_raw_counts(dacon):
     raw = dacon["label"].value_counts()
     assert raw["hazelnut-good"] == 391 and raw["wood-color"] == 4 and len(raw) == 88
-    drawn = dacon["label"].iloc[list(balanced_sampler(dacon[TARGET], power=1.0, seed=0))].value_counts()
+    drawn = dacon["label"].iloc[list(balanced_sampler(dacon[TARGET], power=1.0, generator=torch.Generator().manual_seed(0)))].value_counts()
     assert drawn.sum() == len(dacon)  # an epoch is as long as before
     # Balanced: every label ~ 4277/88 = 49 draws instead of 4 ... 391.
     assert drawn["hazelnut-good"] < 100 and drawn["wood-color"] > 20
     assert drawn.reindex(raw.index, fill_value=0).std() < raw.std() / 4
-    sqrt = dacon["label"].iloc[list(balanced_sampler(dacon[TARGET], power=0.5, seed=0))].value_counts()
+    sqrt = dacon["label"].iloc[list(balanced_sampler(dacon[TARGET], power=0.5, generator=torch.Generator().manual_seed(0)))].value_counts()
     assert drawn["hazelnut-good"] < sqrt["hazelnut-good"] < raw["hazelnut-good"]  # in between
 
 
@@ -56,10 +66,11 @@ def test_task_resamples_and_samples_from_config(dacon):
     frame = TASK.train_frame(cfg, dacon)
     assert frame[TARGET].value_counts().between(30, 200).all()
     assert TASK.train_frame(TASK.config(["upsample_to=null", "downsample_to=null"]), dacon) is dacon
-    assert TASK.train_sampler(TASK.config(["sampler=null"]), dacon) is None
-    assert len(TASK.train_sampler(TASK.config(["sampler=weighted"]), dacon)) == len(dacon)
-    with pytest.raises(ValueError, match="sampler must be"):
-        TASK.train_sampler(TASK.config(["sampler=oversample"]), dacon)
+    ctx = FoldContext(0, Path("."), Path("."))
+    assert TASK.train_sampler(TASK.config(["sampler=null"]), dacon, ctx) is None
+    assert len(TASK.train_sampler(TASK.config(["sampler=weighted"]), dacon, ctx)) == len(dacon)
+    with pytest.raises(ConfigError, match="sampler must be"):
+        TASK.train_sampler(TASK.config(["sampler=oversample"]), dacon, ctx)
 
 
 def test_minority_rows_count_images_not_replicated_rows():
@@ -96,7 +107,7 @@ def test_losses_differ_as_they_should():
 
 def test_task_loss_from_config(dacon):
     loss = TASK.loss_fn(TASK.config(["loss=focal", "focal_gamma=1.5", "class_weights=balanced",
-                                     "label_smoothing=0.05"]), dacon)
+                                     "label_smoothing=0.05"]), dacon, None)
     assert (loss.loss, loss.gamma, loss.class_weights, loss.label_smoothing) == ("focal", 1.5, "balanced", 0.05)
     assert loss.weight(88, "cpu").shape == (88,)
 

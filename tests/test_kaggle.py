@@ -12,6 +12,7 @@ import pytest
 
 from common import ensemble, kaggle
 from common.submission import validate
+from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
 from tests.conftest import REPO, shared_data
 
@@ -49,8 +50,8 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
     for run in ("a", "b"):
         (runs / run / "kaggle.json").write_text(json.dumps({"username": "me", "key": SECRET}))
         (runs / run / "backbone/.env").write_text(f"HF_TOKEN={SECRET}\n")
-    ensemble.main(TASK, ["runs=a b", "run_name=kblend", "method=scipy", f"runs_dir={two_runs}"])
-    out = kaggle.push_main(TASK, ["run_name=kblend", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
+    ensemble.command(TASK, ["runs=a b", "run_name=kblend", "method=scipy", f"runs_dir={two_runs}"])
+    out = kaggle.command(TASK, ["run_name=kblend", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
                                   "kaggle.owner=kit-tester"])
     printed = capsys.readouterr().out
     assert "kaggle datasets create -p" in printed and "kaggle kernels push -p" in printed
@@ -69,7 +70,7 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
     names = {p.name for p in bundled}
     assert "model.safetensors" in names and not names & {"oof.csv", "test_preds.csv", "folds.csv"}
     assert members[0] == "kblend" and set(members[1:]) == set(json.loads(
-        (runs / "kblend/metrics.json").read_text())["ensemble"]["runs"])
+        (runs / "kblend/blend.json").read_text())["runs"])
 
     # /kaggle/input: the dataset (read-only, as Kaggle mounts it) and the competition's files.
     kaggle_input = tmp_path / "input"
@@ -96,7 +97,7 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
 
 
 def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir, no_credentials):
-    out = kaggle.push_main(TASK, ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
+    out = kaggle.command(TASK, ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
                                   "kaggle.owner=kit-tester", "kaggle.gpu=true"])
     dataset = json.loads((out / "dataset/dataset-metadata.json").read_text())
     # kaggle datasets create: id, title (6-50), exactly one license with a name, slug of 6-50.
@@ -123,7 +124,7 @@ def test_a_competition_off_kaggle_still_gets_a_bundle_without_competition_source
     class OffKaggle(UsppmTask):
         kaggle_competition = None
 
-    out = kaggle.push_main(OffKaggle(), ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]"])
+    out = kaggle.command(OffKaggle(), ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]"])
     meta = json.loads((out / "kernel/kernel-metadata.json").read_text())
     assert meta["competition_sources"] == [] and meta["dataset_sources"]
     printed = capsys.readouterr().out
@@ -133,8 +134,8 @@ def test_a_competition_off_kaggle_still_gets_a_bundle_without_competition_source
 def test_a_push_without_credentials_says_what_to_do_and_builds_nothing(two_runs, workdir, capsys,
                                                                      no_credentials):
     shutil.rmtree(two_runs / "usppm/b/kaggle", ignore_errors=True)
-    with pytest.raises(SystemExit) as exit_info:
-        kaggle.push_main(TASK, ["run_name=b", f"runs_dir={two_runs}"])
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line, exit 2
+        main(["usppm", "push", "run_name=b", f"runs_dir={two_runs}"])
     assert exit_info.value.code == 2
     assert "no Kaggle credentials" in capsys.readouterr().err
     assert not (two_runs / "usppm/b/kaggle").exists()

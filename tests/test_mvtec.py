@@ -2,15 +2,18 @@
 1 epoch, 2 folds, the offline EfficientNet-Lite0; plus the fold, policy and bad-input rules."""
 import json
 import shutil
+import warnings
 
 import pandas as pd
 import pytest
 import timm
+import torch
 
 from common import cli
 from common.folds import make_folds
 from common.io import DataError
 from common.task import TARGET
+from competitions.__main__ import main
 from competitions.mvtec import demo
 from competitions.mvtec.task import MvtecTask
 from tests.conftest import shared_data
@@ -25,7 +28,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("mvtec")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        metrics = cli.train(TASK, [f"data_dir={shared_data('mvtec')}", "run_name=tiny", *TINY])
+        metrics = cli.train(TASK, [f"data_dir={shared_data('mvtec')}", "run_name=tiny", *TINY]).metrics()
     return root, metrics
 
 
@@ -51,7 +54,7 @@ def test_submit_infers_the_latest_run_with_tta_and_matches_the_sample(trained, m
     data = shared_data("mvtec")
     monkeypatch.chdir(root)
     assert not (root / "runs/mvtec/tiny/test_preds.csv").exists()
-    out = cli.submit_command(TASK, [f"data_dir={data}", "tta=true"])  # make mvtec-submit, no RUN
+    out = cli.submit(TASK, [f"data_dir={data}", "tta=true"])  # make mvtec-submit, no RUN
     printed = capsys.readouterr().out
     assert "using the latest finished run: runs/mvtec/tiny" in printed and "test predictions:" in printed
     assert out.resolve() == (root / "submissions/mvtec/tiny.csv").resolve()
@@ -60,7 +63,7 @@ def test_submit_infers_the_latest_run_with_tta_and_matches_the_sample(trained, m
     assert set(sub["label"]) <= set(pd.read_csv(data / "train_df.csv")["label"])  # label strings
 
     # make mvtec-submit RUN=tiny: the test predictions exist now and are reused.
-    cli.submit_command(TASK, ["run_name=tiny", f"data_dir={data}"])
+    cli.submit(TASK, ["run_name=tiny", f"data_dir={data}"])
     assert "using the existing test predictions" in capsys.readouterr().out
 
 
@@ -97,7 +100,7 @@ def test_a_single_image_label_and_every_imbalance_option_train(workdir):
                "label_smoothing=0.1", "mixup_alpha=0.2", "minority_augment={GaussNoise: {p: 1.0}}", "minority_below=6"]
     with pytest.warns(UserWarning, match="fewer than 2 rows.*tire-cut"):
         metrics = cli.train(TASK, ["data_dir=one", f"image_dir={data / 'train'}", "run_name=rare", "epochs=1",
-                                   "folds=2", "image_size=32", "batch_size=8", *options])
+                                   "folds=2", "image_size=32", "batch_size=8", *options]).metrics()
     assert len(metrics["folds"]) == 2 and metrics["n_rows"] == 25
     folds = pd.read_csv(workdir / "runs/mvtec/rare/folds.csv")
     assert folds["fold"].isin([0, 1]).all() and len(folds) == 25
@@ -135,10 +138,13 @@ def test_orientation_policy_and_minority_augmentation_shape_each_rows_pipeline()
 
 
 def test_geometric_tta_warns_about_orientation_sensitive_classes():
-    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    batch = {"image": torch.zeros(1, 3, 4, 4), "index": torch.tensor([0])}
     with pytest.warns(UserWarning, match="hflip.*transistor"):
-        TASK.tta_model(TASK.config(["tta=true", "tta_transforms=[hflip,multiply]"]), model)
-    TASK.tta_model(TASK.config(["tta=true"]), model)  # the default views (brightness) do not warn
+        views = TASK.tta_views(TASK.config(["tta=true", "tta_transforms=[hflip,multiply]"]), batch)
+    assert len(views) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default views (brightness) do not warn
+        assert len(TASK.tta_views(TASK.config(["tta=true"]), batch)) == 3
 
 
 @pytest.mark.parametrize("experiment", ["efficientnet_b3", "resnet50", "resnet101_upsample", "tf_efficientnet_b6",
@@ -171,8 +177,8 @@ def small_data(workdir):
 def test_a_missing_image_is_named_with_its_csv_row(small_data, capsys):
     train = pd.read_csv(small_data / "train_df.csv")
     (small_data / "train" / train["file_name"][2]).unlink()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train(TASK, [f"data_dir={small_data}", "run_name=bad", *TINY])
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line, exit 2
+        main(["mvtec", "train", f"data_dir={small_data}", "run_name=bad", *TINY])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert f"train_df.csv: 1 image(s) missing on disk, the first {small_data / 'train' / train['file_name'][2]} " \

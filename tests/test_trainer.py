@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from common.task import TARGET, Task
-from common.trainer import create_optimizer, train_run
+from common.trainer import create_optimizer, train
 
 N_ROWS, N_FEATURES = 96, 4
 
@@ -41,12 +41,12 @@ class ToyTask(Task):
     def load_test(self, cfg, path):
         return self.load_train(cfg).drop(columns="y")
 
-    def dataset(self, cfg, df, mode, run_dir):
+    def dataset(self, cfg, df, mode, ctx):
         x = torch.tensor(df[[f"x{i}" for i in range(N_FEATURES)]].to_numpy(), dtype=torch.float32)
         y = torch.tensor(df[TARGET].to_numpy(), dtype=torch.float32) if TARGET in df else None
         return [{"x": x[i], "index": i, **({"target": y[i]} if y is not None else {})} for i in range(len(df))]
 
-    def build_model(self, cfg, n_outputs, run_dir, pretrained):
+    def build_model(self, cfg, n_outputs, ctx, pretrained):
         return ToyModel(n_outputs)
 
 
@@ -66,8 +66,8 @@ def test_gradient_accumulation_divides_optimizer_steps(toy):
     task, config = toy
     one = config("run_name=acc1", "grad_accum=1")
     two = config("run_name=acc2", "grad_accum=2")
-    train_run(task, one)
-    train_run(task, two)
+    train(task, one)
+    train(task, two)
     batches = (N_ROWS // 2) // 8  # per epoch (drop_last)
     assert history(one)["step"].tolist() == [batches, 2 * batches]
     assert history(two)["step"].tolist() == [batches // 2, batches]
@@ -75,35 +75,35 @@ def test_gradient_accumulation_divides_optimizer_steps(toy):
 
 def test_learning_actually_happens_and_cv_is_reported(toy):
     task, config = toy
-    metrics = train_run(task, config("run_name=learn", "epochs=8", "lr=3e-2"))
+    metrics = train(task, config("run_name=learn", "epochs=8", "lr=3e-2")).metrics()
     assert metrics["cv"] > 0.9 and len(metrics["folds"]) == 2 and metrics["greater_is_better"]
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_gain(toy):
     task, config = toy
     cfg = config("run_name=stop", "epochs=6", "lr=0", "head_lr=0", "patience=2")  # nothing can improve
-    train_run(task, cfg)
+    train(task, cfg)
     assert history(cfg)["epoch"].tolist() == [1, 2, 3]
 
 
 def test_eval_every_n_steps_adds_mid_epoch_evaluations(toy):
     task, config = toy
     cfg = config("run_name=every", "epochs=1", "eval_every=2")
-    train_run(task, cfg)
+    train(task, cfg)
     assert history(cfg)["step"].tolist() == [2, 4, 6]  # 6 optimizer steps: at 2 and 4, then at epoch end
 
 
 def test_bf16_mixed_precision_runs_on_cpu_and_fp16_is_refused(toy):
     task, config = toy
-    metrics = train_run(task, config("run_name=bf16", "precision=bf16", "epochs=3"))
+    metrics = train(task, config("run_name=bf16", "precision=bf16", "epochs=3")).metrics()
     assert np.isfinite(metrics["cv"])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-            train_run(task, config("run_name=fp16", "precision=fp16"))
+            train(task, config("run_name=fp16", "precision=fp16"))
 
 
 def test_optimizer_uses_head_lr_and_no_decay_on_biases(toy):
     task, config = toy
-    groups = create_optimizer(config("lr=1e-4", "head_lr=1e-2", "weight_decay=0.1"), ToyModel(1)).param_groups
+    groups = create_optimizer(config("lr=1e-4", "head_lr=1e-2", "weight_decay=0.1"), ToyModel(1), 10)[0].param_groups
     by_key = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
     assert by_key == {(1e-4, 0.1): 32, (1e-4, 0.0): 8, (1e-2, 0.1): 8, (1e-2, 0.0): 1}

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from common import tune
 from common.cli import command_section
-from common.config import load_config
+from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
 from tests.conftest import REPO, shared_data
 
@@ -63,7 +63,7 @@ def test_two_workers_on_one_journal_finish_exactly_n_trials(workdir):
         assert pd.read_json(run / "metrics.json", typ="series")["cv"] == pytest.approx(t.value)
     for plot in ["history", "param_importances", "parallel_coordinate"]:
         assert (workdir / f"runs/usppm/duo/plots/{plot}.png").stat().st_size > 10_000, plot
-    best = load_config(TASK.config_path, [f"experiment={workdir / 'runs/usppm/duo/best.yaml'}"])
+    best = TASK.config([f"experiment={workdir / 'runs/usppm/duo/best.yaml'}"])
     assert best.lr == pytest.approx(study.best_params["lr"]) and best.pooling == study.best_params["pooling"]
 
 
@@ -106,7 +106,7 @@ def test_a_diverging_trial_is_pruned_after_its_first_epoch(workdir):
     study.enqueue_trial({"lr": 1e-4, "head_lr": 1e-3})
     study.enqueue_trial({"lr": 1e10, "head_lr": 1e10})  # diverges: NaN loss, NaN Pearson
 
-    study = tune.main(TASK, ["--config", str(config), f"data_dir={data}", *TINY, "epochs=2", "run_name=prune",
+    study = tune.command(TASK, ["--config", str(config), f"data_dir={data}", *TINY, "epochs=2", "run_name=prune",
                              "tune.n_trials=2", "tune.startup_trials=1"])
     good, bad = study.get_trials()
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2]
@@ -132,8 +132,8 @@ def test_a_competition_without_a_tune_section_gets_the_defaults():
     (["tune.folds=[3]"], r"tune.folds \[3\] must be among the 2 folds"),
 ])
 def test_bad_tune_settings_are_named_and_nothing_is_written(workdir, capsys, args, message):
-    with pytest.raises(SystemExit) as exit_info:
-        tune.main(TASK, [f"data_dir={shared_data('usppm')}", "folds=2", *args])
+    with pytest.raises(SystemExit) as exit_info:  # the command line: one line, exit 2
+        main(["usppm", "tune", f"data_dir={shared_data('usppm')}", "folds=2", *args])
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (workdir / "runs").exists()

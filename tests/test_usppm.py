@@ -1,5 +1,6 @@
 """USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, 1 epoch, the offline MiniLM."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from common import cli
-from common.config import load_config
-from common.io import DataError
+from common.errors import ConfigError, DataError
 from common.runs import Run
-from common.trainer import train_run
+from common.task import FoldContext
+from common.trainer import train
+from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask, other_targets
 from tests.conftest import shared_data
 
@@ -20,7 +22,7 @@ QUICK = ["limit=240", "epochs=1", "folds=2", "batch_size=32", "max_len=32"]
 
 def test_train_infer_submit_end_to_end(workdir):
     data = shared_data("usppm")
-    metrics = cli.train(TASK, [f"data_dir={data}", "run_name=e2e", *QUICK])
+    metrics = cli.train(TASK, [f"data_dir={data}", "run_name=e2e", *QUICK]).metrics()
     run = Run(workdir / "runs/usppm/e2e")
     for name in ["config.yaml", "folds.csv", "oof.csv", "metrics.json", "classes.json",
                  "fold0/model.safetensors", "fold1/model.safetensors", "plots/learning_curves.png",
@@ -37,7 +39,7 @@ def test_train_infer_submit_end_to_end(workdir):
     train = pd.read_csv(data / "train.csv").set_index("id")
     assert (pd.Series(folds["fold"].to_numpy(), index=folds["id"]).groupby(train.loc[folds["id"], "anchor"].to_numpy())
             .nunique() == 1).all(), "an anchor leaked across folds"
-    assert load_config(run.config_path).limit == 240  # resolved config saved
+    assert run.config().limit == 240  # resolved config saved
 
     sub_path = cli.infer(TASK, ["run_name=e2e", f"data_dir={data}", "--submit"])
     sub, sample = pd.read_csv(sub_path), pd.read_csv(data / "sample_submission.csv")
@@ -55,19 +57,19 @@ def test_train_infer_submit_end_to_end(workdir):
 
 def test_resume_continues_at_epoch_two_and_keeps_finished_folds(workdir):
     data = shared_data("usppm")
-    cfg = load_config(TASK.config_path, [f"data_dir={data}", "run_name=resume", "limit=120", "epochs=2",
+    cfg = TASK.config([f"data_dir={data}", "run_name=resume", "limit=120", "epochs=2",
                                          "folds=2", "train_folds=[0]", "max_len=32"])
 
     def killed_after_epoch_1(fold, epoch, score):
         if epoch == 1:
             raise KeyboardInterrupt  # as if the process died right after epoch 1's checkpoint
     with pytest.raises(KeyboardInterrupt):
-        train_run(TASK, cfg.copy(), on_evaluate=killed_after_epoch_1)
+        train(TASK, cfg.copy(), on_evaluate=killed_after_epoch_1)
     run = Run(workdir / "runs/usppm/resume")
     assert (run.fold_dir(0) / "last/trainer_state.json").is_file() and not run.finished_folds()
 
     seen = []
-    train_run(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
+    train(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
     assert seen == [2], "the re-run must continue at epoch 2, not start over"
     history = pd.read_csv(run.fold_dir(0) / "history.csv")
     assert list(history["epoch"]) == [1, 2]
@@ -75,14 +77,14 @@ def test_resume_continues_at_epoch_two_and_keeps_finished_folds(workdir):
 
     checkpoint_time = run.checkpoint(0).stat().st_mtime_ns
     seen.clear()
-    train_run(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
+    train(TASK, cfg.copy(), on_evaluate=lambda fold, epoch, score: seen.append(epoch))
     assert seen == [] and run.checkpoint(0).stat().st_mtime_ns == checkpoint_time  # finished fold untouched
 
 
 def test_a_changed_config_does_not_silently_reuse_a_run(workdir):
     data = shared_data("usppm")
     cli.train(TASK, [f"data_dir={data}", "run_name=same", "limit=60", "epochs=1", "folds=2", "max_len=16"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"exists with a different config \(lr: 0.0001 -> 0.001\)"):
         cli.train(TASK, [f"data_dir={data}", "run_name=same", "limit=60", "epochs=1", "folds=2", "max_len=16",
                          "lr=1e-3"])
 
@@ -90,20 +92,20 @@ def test_a_changed_config_does_not_silently_reuse_a_run(workdir):
 def test_input_text_uses_the_models_separator_and_optional_extras(tmp_path):
     df = pd.DataFrame({"id": ["1", "2", "3"], "anchor": ["a", "a", "b"], "target": ["t1", "t2", "t3"],
                        "context": ["A47", "A47", "H04"]})
-    cfg = load_config(TASK.config_path, [])
+    cfg = TASK.config([])
     assert TASK.texts(cfg, df, "[SEP]")[0] == "a [SEP] t1 [SEP] A47"
     titles = tmp_path / "titles.csv"
     pd.DataFrame({"code": ["A47", "H04"], "title": ["Furniture", "Electric communication"]}).to_csv(titles, index=False)
-    cfg = load_config(TASK.config_path, [f"cpc_titles={titles}", "group_targets=true"])
+    cfg = TASK.config([f"cpc_titles={titles}", "group_targets=true"])
     assert TASK.texts(cfg, df, "[SEP]")[0] == "a [SEP] t1 [SEP] A47 furniture [SEP] t2"
     assert list(other_targets(df)) == ["t2", "t1", ""]
 
 
 @pytest.mark.parametrize("backbone_dropout, expected", [(None, 0.1), (0, 0.0)])
 def test_backbone_dropout_sets_every_dropout_inside_the_backbone(tmp_path, backbone_dropout, expected):
-    cfg = load_config(TASK.config_path, [f"backbone_dropout={'null' if backbone_dropout is None else 0}",
-                                         "dropout=0.3"])
-    model = TASK.build_model(cfg, 1, tmp_path, pretrained=True)
+    cfg = TASK.config([f"backbone_dropout={'null' if backbone_dropout is None else 0}",
+                                         "head_dropout=0.3"])
+    model = TASK.build_model(cfg, 1, FoldContext(0, tmp_path, tmp_path), pretrained=True)
     inside = [m.p for m in model.backbone.modules() if isinstance(m, torch.nn.Dropout)]
     assert inside and set(inside) == {expected}       # MiniLM ships with 0.1 everywhere
     assert model.head["dropout"].p == 0.3             # the head's own dropout is a separate key
@@ -112,9 +114,10 @@ def test_backbone_dropout_sets_every_dropout_inside_the_backbone(tmp_path, backb
 def test_group_by_length_batches_similar_lengths_and_repeats_under_the_same_seed():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"anchor": ["w" * n for n in rng.integers(1, 60, 800)], "target": "x", "context": "A47"})
-    assert TASK.train_sampler(load_config(TASK.config_path, []), df) is None   # default: plain shuffle
-    sampler = TASK.train_sampler(load_config(TASK.config_path, ["group_by_length=true", "batch_size=8"]), df)
-    torch.manual_seed(0)
+    ctx = FoldContext(0, Path("."), Path("."))
+    assert TASK.train_sampler(TASK.config([]), df, ctx) is None   # default: plain shuffle
+    sampler = TASK.train_sampler(TASK.config(["group_by_length=true", "batch_size=8"]), df, ctx)
+    ctx.generator.manual_seed(0)
     order = list(sampler)
     assert sorted(order) == list(range(len(df)))                                 # every row once per epoch
     lengths = df["anchor"].str.len().to_numpy()
@@ -123,7 +126,7 @@ def test_group_by_length_batches_similar_lengths_and_repeats_under_the_same_seed
         batches = lengths[order].reshape(-1, 8)
         return (batches.max(1, keepdims=True) - batches).sum()
     assert padding(order) < 0.1 * padding(rng.permutation(len(df)))
-    torch.manual_seed(0)
+    ctx.generator.manual_seed(0)
     assert list(sampler) == order                                                # the trainer's per-epoch seed
 
 
@@ -144,8 +147,8 @@ def test_bad_train_file_is_named_and_nothing_is_written(workdir, capsys, content
     data = workdir / "bad"
     data.mkdir()
     write(data / "train.csv", content)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.train(TASK, [f"data_dir={data}", "run_name=bad", "epochs=1", "folds=2"])
+    with pytest.raises(SystemExit) as exit_info:   # the command line: one line, exit 2
+        main(["usppm", "train", f"data_dir={data}", "run_name=bad", "epochs=1", "folds=2"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "train.csv" in err
@@ -159,4 +162,4 @@ def test_bad_test_file_is_named(workdir):
     data = shared_data("usppm")
     path = write(workdir / "t.csv", "id,anchor,context\n1,a,A47\n")
     with pytest.raises(DataError, match=r"t.csv: missing column\(s\) 'target'"):
-        TASK.load_test(load_config(TASK.config_path, [f"data_dir={data}"]), path)
+        TASK.load_test(TASK.config([f"data_dir={data}"]), path)

@@ -9,8 +9,17 @@ from omegaconf import OmegaConf
 from sklearn.datasets import load_sample_images
 from timm.data import ImageNetInfo
 
-from common.vision import (GEOMETRIC, IMAGE_DEFAULTS, ImageCache, ImageDataset, build_transforms, create_image_model,
-                           load_backbone_weights, tta_wrap)
+from common.errors import ConfigError
+from common.vision import (
+    GEOMETRIC,
+    IMAGE_DEFAULTS,
+    ImageCache,
+    ImageDataset,
+    build_transforms,
+    create_image_model,
+    image_views,
+    load_backbone_weights,
+)
 from common.weights import WeightsNotFound, resolve_timm_weights
 
 
@@ -103,15 +112,15 @@ def test_dataset_uses_one_pipeline_per_row(tmp_path):
     assert not torch.allclose(a["image"], b["image"])  # the second row went through its own (inverting) pipeline
 
 
-def test_tta_averages_the_model_over_every_view():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)).eval()
+def test_tta_views_transform_the_image_only_and_cover_every_combination():
+    """ttach views at the batch level: other inputs ride along unchanged (image + tabular batches)."""
     x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        model(x)  # materialise the lazy layer
-        expected = (model(x) + model(x.flip(-1))) / 2
-        assert torch.allclose(tta_wrap(model, ["hflip"])(x), expected, atol=1e-6)
-        expected = sum(model(x * f) for f in (0.9, 1.0, 1.1)) / 3
-        assert torch.allclose(tta_wrap(model, ["multiply"])(x), expected, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown TTA transform"):
-        tta_wrap(model, ["spin"])
+    batch = {"image": x, "features": torch.randn(2, 4), "index": torch.tensor([0, 1])}
+    views = image_views(batch, ["hflip"])
+    assert len(views) == 2 and torch.equal(views[0]["image"], x) and torch.equal(views[1]["image"], x.flip(-1))
+    assert all(v["features"] is batch["features"] and v["index"] is batch["index"] for v in views)
+    factors = sorted(float((v["image"] / x).mean()) for v in image_views(batch, ["multiply"]))
+    assert factors == pytest.approx([0.9, 1.0, 1.1])
+    assert len(image_views(batch, ["hflip", "rot90"])) == 8
+    with pytest.raises(ConfigError, match="unknown TTA transform"):
+        image_views(batch, ["spin"])

@@ -1,6 +1,7 @@
 """Blend armyworm runs from their OOF: python -m competitions.armyworm.ensemble runs="a b" run_name=blend [rank=true]"""
-from common import ensemble
-from competitions.armyworm.task import ArmywormTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    ensemble.main(ArmywormTask())
+    main(["armyworm", "ensemble", *sys.argv[1:]])

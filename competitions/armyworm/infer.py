@@ -1,7 +1,8 @@
 """Predict with a Fall Armyworm run: python -m competitions.armyworm.infer run_name=X [test_file=F image_dir=D out=O]
 [--submit]. Writes probabilities of damage."""
-from common import cli
-from competitions.armyworm.task import ArmywormTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.infer(ArmywormTask())
+    main(["armyworm", "infer", *sys.argv[1:]])

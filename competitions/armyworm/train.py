@@ -1,6 +1,7 @@
 """Train Fall Armyworm: python -m competitions.armyworm.train [--config X] key=value ..."""
-from common import cli
-from competitions.armyworm.task import ArmywormTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.train(ArmywormTask())
+    main(["armyworm", "train", *sys.argv[1:]])

@@ -1,6 +1,7 @@
 """Blend mvtec runs from their OOF: python -m competitions.mvtec.ensemble runs="a b" run_name=blend [rank=true]"""
-from common import ensemble
-from competitions.mvtec.task import MvtecTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    ensemble.main(MvtecTask())
+    main(["mvtec", "ensemble", *sys.argv[1:]])

@@ -1,7 +1,8 @@
 """Predict with a DACON MVTec run: python -m competitions.mvtec.infer run_name=X [test_file=F image_dir=D out=O
 image_size=N tta=true] [--submit]"""
-from common import cli
-from competitions.mvtec.task import MvtecTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.infer(MvtecTask())
+    main(["mvtec", "infer", *sys.argv[1:]])

@@ -11,9 +11,16 @@ import albumentations as A
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from common.errors import ConfigError, DataError
 from common.folds import FoldSpec
-from common.imbalance import IMBALANCE_DEFAULTS, ImbalanceMixin, minority_rows, per_label_f1, with_minority_augment
-from common.io import DataError, write_csv
+from common.imbalance import (
+    IMBALANCE_DEFAULTS,
+    ImbalanceMixin,
+    minority_rows,
+    per_label_f1,
+    with_minority_augment,
+)
+from common.io import write_csv
 from common.task import TARGET, read_frame
 from common.vision import GEOMETRIC, IMAGE_DEFAULTS, ImageTask, build_transforms
 
@@ -31,7 +38,10 @@ class MvtecTask(ImbalanceMixin, ImageTask):
     # Every fold sees every label; labels with fewer images than folds are pooled with a warning (common/folds.py).
     fold_spec = FoldSpec(stratify="label")
     config_path = Path(__file__).with_name("config.yaml")
-    config_defaults = {**IMAGE_DEFAULTS, **IMBALANCE_DEFAULTS}
+    config_defaults = {
+        **IMAGE_DEFAULTS, **IMBALANCE_DEFAULTS,
+        "augment_exclude": None,  # class -> transforms it never gets: 'geometric' or a list of albumentations names
+    }
 
     # ---- data ---------------------------------------------------------------------------------
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
@@ -60,7 +70,7 @@ class MvtecTask(ImbalanceMixin, ImageTask):
         names = GEOMETRIC if rule == "geometric" else {rule} if isinstance(rule, str) else set(rule)
         unknown = sorted(n for n in names if not hasattr(A, n))
         if unknown:
-            raise ValueError(f"augment_exclude.{image_class}: albumentations has no transform {unknown[0]!r} "
+            raise ConfigError(f"augment_exclude.{image_class}: albumentations has no transform {unknown[0]!r} "
                              f"(give 'geometric' or a list of transform names)")
         return frozenset(names)
 
@@ -79,13 +89,13 @@ class MvtecTask(ImbalanceMixin, ImageTask):
             rows.append(pipelines[key])
         return rows
 
-    def tta_model(self, cfg, model):
-        views = set(cfg.tta_transforms if cfg.tta is True else cfg.tta or [])
-        if views & GEOMETRIC_TTA and cfg.augment_exclude:
+    def tta_names(self, cfg):
+        views = super().tta_names(cfg)
+        if set(views) & GEOMETRIC_TTA and cfg.augment_exclude:
             # The class is unknown at test time, so TTA cannot follow the per-class policy.
-            warnings.warn(f"TTA views {sorted(views & GEOMETRIC_TTA)} flip or rotate every test image, also those "
-                          f"of orientation-sensitive classes ({', '.join(cfg.augment_exclude)})", stacklevel=2)
-        return super().tta_model(cfg, model)
+            warnings.warn(f"TTA views {sorted(set(views) & GEOMETRIC_TTA)} flip or rotate every test image, also "
+                          f"those of orientation-sensitive classes ({', '.join(cfg.augment_exclude)})", stacklevel=2)
+        return views
 
     # ---- report -------------------------------------------------------------------------------
     def plots(self, cfg, oof, classes, plots_dir):

@@ -1,6 +1,7 @@
 """Train DACON MVTec anomaly: python -m competitions.mvtec.train [--config X] key=value ..."""
-from common import cli
-from competitions.mvtec.task import MvtecTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.train(MvtecTask())
+    main(["mvtec", "train", *sys.argv[1:]])

@@ -1,6 +1,7 @@
 """Blend USPPPM runs: python -m competitions.usppm.ensemble runs="a b" run_name=blend [method=hill rank=true]"""
-from common import ensemble
-from competitions.usppm.task import UsppmTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    ensemble.main(UsppmTask())
+    main(["usppm", "ensemble", *sys.argv[1:]])

@@ -1,6 +1,7 @@
 """Predict with a USPPPM run: python -m competitions.usppm.infer run_name=X [test_file=F out=O] [--submit]"""
-from common import cli
-from competitions.usppm.task import UsppmTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.infer(UsppmTask())
+    main(["usppm", "infer", *sys.argv[1:]])

@@ -1,21 +1,22 @@
-"""USPPPM's own logic: reading its CSVs, building `anchor [SEP] target [SEP] context`, the cross-encoder."""
+"""USPPPM's own logic: reading its CSVs and building `anchor [SEP] target [SEP] context` (+ CPC title, + the other
+targets of the anchor). Tokenizer, cross-encoder, pooling, losses: the text family (common/text.py)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from common.folds import FoldSpec
 from common.io import require_range
-from common.task import TARGET, Task, read_frame
-from common.text import PaddingCollator, TextDataset, create_text_model, length_grouped_sampler, load_tokenizer
+from common.task import read_frame
+from common.text import TEXT_DEFAULTS, TextTask
 
 INPUT_COLUMNS = ["id", "anchor", "target", "context"]
 
 
-class UsppmTask(Task):
+class UsppmTask(TextTask):
     name = "usppm"
     kind = "regression"
     metric = "pearson"
@@ -25,6 +26,11 @@ class UsppmTask(Task):
     fold_spec = FoldSpec(stratify="score", group="anchor")
     config_path = Path(__file__).with_name("config.yaml")
     kaggle_competition = "us-patent-phrase-to-phrase-matching"
+    config_defaults = {
+        **TEXT_DEFAULTS,
+        "cpc_titles": None,      # CSV with columns code,title (Kaggle "cpc-codes" titles.csv): context -> code + title
+        "group_targets": False,  # winners' trick: append the other targets of the same (anchor, context) group
+    }
 
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
         path = self.data_dir(cfg) / "train.csv"
@@ -44,35 +50,10 @@ class UsppmTask(Task):
             parts.append(other_targets(df))
         return [f" {sep} ".join(p) for p in zip(*parts)]
 
-    def dataset(self, cfg, df, mode, run_dir):
-        tokenizer = load_tokenizer(cfg.model, run_dir)
-        targets = torch.tensor(df[TARGET].to_numpy(), dtype=torch.float32) if TARGET in df else None
-        return TextDataset(self.texts(cfg, df, tokenizer.sep_token), tokenizer, cfg.max_len, targets)
 
-    def train_sampler(self, cfg, train):
-        return length_grouped_sampler(self.texts(cfg, train, "[SEP]"), cfg.batch_size) if cfg.group_by_length else None
-
-    def collate_fn(self, cfg, run_dir):
-        return PaddingCollator(load_tokenizer(cfg.model, run_dir))
-
-    def build_model(self, cfg, n_outputs, run_dir, pretrained):
-        return create_text_model(cfg.model, n_outputs, run_dir, pretrained, cfg.pooling, cfg.dropout,
-                                 cfg.get("backbone_dropout"))  # runs trained before the key: None
-
-    def loss_fn(self, cfg, train):
-        if cfg.loss == "bce":
-            return lambda logits, y: torch.nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y)
-        if cfg.loss == "mse":
-            return lambda logits, y: torch.nn.functional.mse_loss(logits.view(-1), y)
-        raise ValueError(f"loss must be bce or mse, got {cfg.loss!r}")
-
-    def activate(self, cfg, logits):
-        out = logits.float().view(-1, 1)
-        return out.sigmoid() if cfg.loss == "bce" else out
-
-
+@lru_cache(maxsize=4)
 def cpc_titles(path: str) -> dict[str, str]:
-    """code -> title from the Kaggle "cpc-codes" titles.csv (columns code, title, ...)."""
+    """code -> title from a CSV with columns code, title (Kaggle "cpc-codes" titles.csv, shared cpc_titles.csv)."""
     titles = read_frame(Path(path), ["code", "title"])
     return dict(zip(titles["code"].astype(str), titles["title"].astype(str).str.lower()))
 
@@ -83,4 +64,3 @@ def other_targets(df: pd.DataFrame) -> pd.Series:
     keys = list(zip(df["anchor"], df["context"]))
     return pd.Series([
         "; ".join(t for t in groups[k] if t != own) for k, own in zip(keys, df["target"])], index=df.index)
-

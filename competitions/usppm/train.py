@@ -1,6 +1,7 @@
 """Train USPPPM: python -m competitions.usppm.train [--config X] key=value ..."""
-from common import cli
-from competitions.usppm.task import UsppmTask
+import sys
+
+from competitions.__main__ import main
 
 if __name__ == "__main__":
-    cli.train(UsppmTask())
+    main(["usppm", "train", *sys.argv[1:]])

@@ -1,0 +1,96 @@
+"""The kit from Python. Every command (make <c>-train, -infer, -submit, -ensemble, -tune) is one of these functions
+behind argument parsing; they return objects and raise (common.errors.UserError for what a user can fix), never exit.
+
+    from common import api
+    from competitions.usppm.task import UsppmTask
+
+    task = UsppmTask()
+    run = api.train(task, task.config(["data_dir=../shared/data/usppm", "epochs=1"]))   # -> Run
+    print(run.metrics()["cv"])
+    preds = api.predict(task, run, "my_test.csv")        # -> DataFrame: id + prediction columns
+    path = api.submit(task, run)                         # -> submissions/usppm/<run>.csv
+    blend = api.ensemble(task, ["run-a", "run-b"], name="blend")   # -> Run (predict / submit take it too)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from common.ensemble import blend as ensemble  # noqa: F401  (part of the API)
+from common.ensemble import blend_frames
+from common.errors import NotFound
+from common.io import read_csv, write_csv
+from common.predict import predict_run
+from common.runs import Run
+from common.submission import fill_sample
+from common.task import Task
+from common.trainer import EvalCallback
+from common.trainer import train as _train
+
+
+def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) -> Run:
+    """K-fold training as cfg says (task.config(overrides) builds one); resumes a run of the same name."""
+    return _train(task, cfg, on_evaluate)
+
+
+def open_run(task: Task, run: Run | str | None, runs_dir: str | Path = "runs") -> Run:
+    """A Run, a run name under runs_dir/<c>/, or None for the latest finished run."""
+    return run if isinstance(run, Run) else Run.open(task.name, run, str(runs_dir))
+
+
+def as_overrides(overrides: dict) -> list[str]:
+    """{key: value} -> key=value strings OmegaConf parses back to the same values."""
+    def text(v) -> str:
+        if v is None:
+            return "null"
+        if isinstance(v, bool):
+            return str(v).lower()
+        return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return [f"{k}={text(v)}" for k, v in overrides.items()]
+
+
+def predict(task: Task, run: Run | str | None, test_path: str | Path | None = None, **overrides) -> pd.DataFrame:
+    """Predictions (id + one column per class, or `pred`) for a file in the test format; default: the
+    competition's test file. overrides: run config keys (data_dir=, image_dir=, tta=, batch_size= ...).
+    A blend has each of its runs predict the same file, then blends them with its recipe."""
+    run = open_run(task, run, overrides.get("runs_dir", "runs"))
+    cfg = run.config(as_overrides(overrides))
+    spec = run.blend_spec()
+    if spec is not None:
+        members = [Run(run.dir.parent / name) for name in spec["runs"]]
+        frames = [predict(task, member, test_path, **overrides) for member in members]
+        return blend_frames(task, run, frames)
+    path = Path(test_path) if test_path else task.test_path(cfg)
+    return predict_run(task, run, cfg, task.load_test(cfg, path))
+
+
+def predict_test(task: Task, run: Run | str | None, **overrides) -> Path:
+    """The run's test_preds.csv from the competition's test file (what submit fills the sample with)."""
+    run = open_run(task, run, overrides.get("runs_dir", "runs"))
+    write_csv(predict(task, run, None, **overrides), run.test_preds_path)
+    return run.test_preds_path
+
+
+def submission_frame(task: Task, run: Run, preds: pd.DataFrame, cfg: DictConfig | None = None) -> pd.DataFrame:
+    """id column + target column, named as in the sample submission; labels cut at the run's threshold."""
+    id_col, target_col = task.submission_columns(cfg or run.config())
+    return pd.DataFrame({id_col: preds[task.id_column].to_numpy(),
+                         target_col: task.submission_values(preds, run.classes(), run.threshold()).to_numpy()})
+
+
+def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **overrides) -> Path:
+    """Fill a copy of the sample submission from the run's test predictions (made first if missing):
+    submissions/<c>/<run>.csv unless out= says otherwise."""
+    run = open_run(task, run, overrides.get("runs_dir", "runs"))
+    if not run.test_preds_path.is_file():
+        predict_test(task, run, **overrides)
+    cfg = run.config(as_overrides(overrides))
+    preds = read_csv(run.test_preds_path)
+    sample = task.sample_submission_path(cfg)
+    if not sample.is_file():
+        raise NotFound(f"{sample}: no sample submission to fill (data_dir={cfg.data_dir})")
+    return fill_sample(sample, preds[task.id_column], task.submission_values(preds, run.classes(), run.threshold()),
+                       out or Path("submissions") / task.name / f"{run.name}.csv")
