@@ -217,7 +217,7 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
                 metric: Metric) -> Run:
     name = name or time.strftime("blend-%Y%m%d-%H%M%S")
     blend = Run(runs[0].dir.parent / name)
-    if any(blend.dir.glob("fold*")):
+    if any(p.is_dir() for p in blend.dir.glob("fold*")):  # fold folders; folds.csv is a blend's too (re-runs)
         raise ConfigError(f"{blend.dir} is a trained run, not a blend; choose another RUN=")
     if name in spec["run_cv"]:
         raise ConfigError(f"the blend cannot overwrite one of its runs ({name}); choose another RUN=")
@@ -227,7 +227,8 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
     with atomic_path(blend.config_path) as tmp:
         tmp.write_text(to_yaml(cfg))
     for path in ("classes_path", "folds_path"):
-        shutil.copy(getattr(runs[0], path), getattr(blend, path))
+        with atomic_path(getattr(blend, path)) as tmp:  # a killed blend never leaves half a copy
+            shutil.copy(getattr(runs[0], path), tmp)
     write_csv(blend_oof, blend.oof_path)
     write_json(spec, blend.blend_path)
     classes = blend.classes()
@@ -248,7 +249,7 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
 def write_blend_test_predictions(task: Task, blend: Run, cfg) -> None:
     """test_preds.csv of the blend, each run predicting the competition's test file if it has not yet."""
     from common.api import predict_test
-    if not task.test_path(cfg).is_file():
+    if not task.test_path(cfg).exists():  # a file, or a folder of test images
         print(f"no test file at {task.test_path(cfg)}: the blend has no test_preds.csv yet "
               f"(make {task.name}-infer RUN={blend.name} ARGS=\"test_file=...\")")
         return

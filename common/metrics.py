@@ -60,11 +60,12 @@ def roc_auc(y, p):
 
 
 def nmae(y, p):
-    """Normalised mean absolute error, DACON's growth metric: mean(|y - p| / |y|)."""
-    y = y.astype(float)
-    if np.any(y == 0):
-        raise ValueError("nmae is undefined for a true value of 0")
-    return np.mean(np.abs(y - _squeeze(p)) / np.abs(y))
+    """Normalised mean absolute error, DACON's growth metric: mean(|y - p| / |y|). The ratio is undefined where the
+    true value is 0 (the real growth labels have 8 such rows): those rows are left out of the mean, and a set
+    with no non-zero target scores NaN, never a division by zero or an infinite score."""
+    y, p = y.astype(float), _squeeze(p).astype(float)
+    keep = y != 0
+    return float(np.mean(np.abs(y[keep] - p[keep]) / np.abs(y[keep]))) if keep.any() else float("nan")
 
 
 METRICS = {m.name: m for m in [

@@ -45,15 +45,16 @@ def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd
     accelerator = None
     for fold in folds:
         ctx = fold_context(task, cfg, run, fold)
-        if (ctx.dir / ESTIMATOR_FILE).is_file():
-            preds = estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, test, ctx))
+        tta = bool(cfg.tta)
+        if (ctx.dir / ESTIMATOR_FILE).is_file():  # trees: no views to average
+            preds, tta = estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, test, ctx)), False
         else:
             accelerator = accelerator or create_accelerator(cfg)
             loader = DataLoader(task.dataset(cfg, test, "test", ctx), batch_size=cfg.batch_size, shuffle=False,
                                 collate_fn=task.collate_fn(cfg, ctx), num_workers=cfg.num_workers)
             model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, len(classes)), loader)
-            preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=bool(cfg.tta))
+            preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=tta)
             accelerator.free_memory()
         total += preds.reshape(len(test), len(classes))
-        print(f"fold {fold}: predicted {len(test)} rows{' with TTA' if cfg.tta else ''}")
+        print(f"fold {fold}: predicted {len(test)} rows{' with TTA' if tta else ''}")
     return oof_frame(task, test, total / len(folds), classes)

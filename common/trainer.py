@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
@@ -36,13 +36,14 @@ from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 ESTIMATOR_FILE = "model.joblib"  # a fold's fitted estimator (Task.estimator), next to its state
 # on_evaluate(fold, epoch, score) is called after every epoch's evaluation; Optuna raises TrialPruned from it.
 EvalCallback = Callable[[int, int, float], None]
 
 
 # ---- set-up ----------------------------------------------------------------------------------------------
-def create_accelerator(cfg: DictConfig) -> Accelerator:
+def create_accelerator(cfg: DictConfig, tracking: bool = False) -> Accelerator:
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.precision == "fp16" and not torch.cuda.is_available():
@@ -54,8 +55,58 @@ def create_accelerator(cfg: DictConfig) -> Accelerator:
     # (tests, Optuna trials, a notebook). It has no public reset, hence the private one; the process group
     # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    log_with = cfg.get("tracker", "none") if tracking else "none"
+    if log_with not in TRACKERS:
+        raise ConfigError(f"tracker must be one of {', '.join(TRACKERS)}, got {log_with!r}")
+    if log_with == "wandb":
+        require_wandb()
     return Accelerator(mixed_precision=PRECISIONS[cfg.precision], gradient_accumulation_steps=cfg.grad_accum,
-                       cpu=cpu)
+                       cpu=cpu, log_with=None if log_with == "none" else log_with,
+                       project_dir=cfg.runs_dir)  # TensorBoard's folder: the run's, set in start_tracking
+
+
+def start_tracking(accelerator: Accelerator, task: Task, cfg: DictConfig, run: Run) -> None:
+    """Accelerate's trackers: the resolved config now, losses and scores as they come (accelerator.log)."""
+    tracker = cfg.get("tracker", "none")
+    if tracker == "none":
+        return
+    init_kwargs = {}
+    if tracker == "tensorboard":  # event files in runs/<c>/<run>/tensorboard/<c>/
+        accelerator.project_configuration.logging_dir = str(run.dir / "tensorboard")
+    elif tracker == "mlflow":
+        import mlflow
+        mlflow.set_tracking_uri(cfg.tracker_uri or f"sqlite:///{(run.dir / 'mlflow.db').resolve()}")
+        init_kwargs["mlflow"] = {"run_name": run.name, "logging_dir": str((run.dir / "mlartifacts").resolve())}
+    elif tracker == "wandb":
+        init_kwargs["wandb"] = {"name": run.name, "dir": str(run.dir)}
+    accelerator.init_trackers(task.name, config=flat_config(cfg), init_kwargs=init_kwargs)
+
+
+def require_wandb() -> None:
+    """W&B only when the user has set it up: the package, and a key (or an offline mode)."""
+    import importlib.util
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("tracker=wandb needs the wandb package: pip install wandb, then wandb login "
+                          "(or use tracker=tensorboard / tracker=mlflow, which work offline)")
+    netrc = Path.home() / ".netrc"
+    logged_in = os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    if not logged_in and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+        raise ConfigError("tracker=wandb: no W&B login found; run `wandb login` (or set WANDB_API_KEY, or "
+                          "WANDB_MODE=offline to log into the run folder)")
+
+
+def flat_config(cfg: DictConfig) -> dict:
+    """The resolved config as the flat scalar values trackers store (TensorBoard's hparams, MLflow's params)."""
+    out = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk(OmegaConf.to_container(cfg, resolve=True))
+    return out
 
 
 def load_train_frame(task: Task, cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -106,7 +157,7 @@ def folds_source(task: Task, cfg: DictConfig) -> Path | None:
 def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) -> Run:
     """Train every fold of `train_folds` (skipping finished ones), then write oof.csv, metrics.json and plots."""
     started = time.time()
-    accelerator = create_accelerator(cfg)
+    accelerator = create_accelerator(cfg, tracking=True)
     if not cfg.run_name:  # every process must agree on the timestamped name
         cfg.run_name = broadcast_object_list([time.strftime("%Y%m%d-%H%M%S")])[0]
     train_df, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written
@@ -120,6 +171,7 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
     if accelerator.is_main_process:
         write_json(classes, run.classes_path)
     accelerator.wait_for_everyone()
+    start_tracking(accelerator, task, cfg, run)
 
     fold_ids = list(cfg.train_folds) if cfg.train_folds is not None else list(range(cfg.folds))
     for fold in fold_ids:
@@ -135,7 +187,11 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
         accelerator.free_memory()
 
     if accelerator.is_main_process:
-        summarize(task, run, train_df, classes, fold_ids, started)
+        metrics = summarize(task, run, train_df, classes, fold_ids, started)
+        scored = sorted(set(fold_ids) & set(run.finished_folds()))
+        accelerator.log({"cv": metrics["cv"], **{f"fold{f}/best": s for f, s in zip(scored, metrics["folds"])}})
+    for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which a caller
+        tracker.finish()                  # (tune, a notebook, torchrun's next run) may still use
     accelerator.wait_for_everyone()
     return run
 
@@ -148,9 +204,12 @@ def fold_split(task: Task, cfg: DictConfig, train_df: pd.DataFrame, fold: int) -
 
 def fit_context(task: Task, cfg: DictConfig, accelerator: Accelerator | None, run: Run, fold: int,
                 trn: pd.DataFrame) -> FoldContext:
-    """Fit the fold's state on its training rows (main process), every other process reads it back."""
+    """Fit the fold's state on its training rows (main process), every other process reads it back. A fold that
+    resumes reads back what its first start fitted."""
     fold_dir = run.fold_dir(fold)
     is_main = accelerator is None or accelerator.is_main_process
+    if last_state_dir(fold_dir) is not None:
+        return FoldContext(fold=fold, dir=fold_dir, run_dir=run.dir, state=task.load_fold(cfg, fold_dir))
     if is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
         state = task.fit_fold(cfg, trn, fold_dir)
@@ -194,8 +253,10 @@ def make_loaders(task: Task, cfg: DictConfig, trn: pd.DataFrame, val: pd.DataFra
     train_ds = task.dataset(cfg, trn, "train", ctx)
     # The shuffle draws from ctx.generator, which the loop re-seeds every epoch: a resumed run sees the same order.
     sampler = task.train_sampler(cfg, trn, ctx) or RandomSampler(train_ds, generator=ctx.generator)
+    # generator=: each new iterator draws its workers' base seed from it, not from the global RNG, which a
+    # mid-epoch resume has just restored (else dropout after a resume differs from the uninterrupted run).
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size)
+                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size, generator=ctx.generator)
     valid_dl = DataLoader(task.dataset(cfg, val, "valid", ctx), batch_size=cfg.batch_size, shuffle=False,
                           collate_fn=collate, num_workers=cfg.num_workers)
     return train_dl, valid_dl
@@ -279,6 +340,8 @@ class FoldLoop:
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
+            accelerator.log({f"fold{self.fold}/train_loss": loss.detach().float().item(),
+                             f"fold{self.fold}/lr": self.scheduler.get_last_lr()[0]}, step=state["step"])
             last_batch = state["batch"] == len(train_dl)
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 and not last_batch:
                 if self.evaluate(epoch):
@@ -315,6 +378,8 @@ class FoldLoop:
         state["history"].append({"fold": self.fold, "epoch": epoch, "step": state["step"], "train_loss": train_loss,
                                  "valid_loss": valid_loss, "score": score,
                                  "lr": self.scheduler.get_last_lr()[0]})
+        self.accelerator.log({f"fold{self.fold}/valid_{metric.name}": score, f"fold{self.fold}/valid_loss": valid_loss,
+                              f"fold{self.fold}/epoch": epoch}, step=state["step"])
         self.accelerator.print(f"fold {self.fold} epoch {epoch} step {state['step']}: train_loss {train_loss:.4f} "
                                f"valid_loss {valid_loss:.4f} {metric.name} {score:.4f}{' *' if improved else ''}")
         self.model.train()
@@ -422,6 +487,7 @@ def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict) -> 
     if accelerator.is_main_process:
         write_json(state, tmp / "trainer_state.json")
         if last.exists():
+            shutil.rmtree(old, ignore_errors=True)  # a kill while deleting it last time leaves a partial last.old
             last.rename(old)
         tmp.rename(last)
         shutil.rmtree(old, ignore_errors=True)

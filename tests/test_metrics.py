@@ -27,11 +27,12 @@ def test_roc_auc_and_accuracy_match_sklearn():
     assert get_metric("accuracy")(y, p) == pytest.approx(accuracy_score(y, p >= 0.5))
 
 
-def test_nmae_is_mean_relative_error_and_rejects_zero_targets():
+def test_nmae_is_mean_relative_error_and_leaves_zero_targets_out():
     y, p = np.array([10.0, 20.0, 40.0]), np.array([11.0, 18.0, 40.0])
     assert get_metric("nmae")(y, p) == pytest.approx(np.mean([0.1, 0.1, 0.0]))
-    with pytest.raises(ValueError, match="undefined"):
-        get_metric("nmae")(np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    nmae = get_metric("nmae")
+    assert nmae(np.array([0.0, 2.0, 4.0]), np.array([5.0, 1.0, 4.0])) == pytest.approx(0.25)  # the 0 is left out
+    assert np.isnan(nmae(np.array([0.0, 0.0]), np.array([1.0, 0.0])))
 
 
 def test_directions():
