@@ -1,4 +1,5 @@
-# make <c>-train|<c>-infer|<c>-submit|<c>-ensemble|<c>-tune|<c>-push|<c>-data, make demo, make test.
+# make <c>-train|<c>-infer|<c>-submit|<c>-ensemble|<c>-tune|<c>-push|<c>-data|<c>-runs|<c>-dashboard,
+# make demo, make test.
 #   ARGS="key=value ..."  config overrides        RUN=<name>  the run to create / resume / use
 #   RUNS="a b"  runs to blend (ensemble)           RUN2=<name> second run to compare (armyworm-gradcam)
 PYTHON ?= python3
@@ -17,7 +18,8 @@ run_arg = $(if $(RUN),run_name=$(RUN))
 kit = $(PY) -m competitions
 
 TARGETS := $(foreach c,$(COMPETITIONS),$(foreach k,$(COMMANDS),$(c)-$(k)))
-.PHONY: setup demo test $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) armyworm-gradcam
+.PHONY: setup demo test $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) \
+	$(addsuffix -runs,$(COMPETITIONS)) $(addsuffix -dashboard,$(COMPETITIONS)) armyworm-gradcam
 
 setup: $(STAMP)
 $(STAMP): requirements.txt
@@ -42,6 +44,12 @@ $(filter %-ensemble,$(TARGETS)): %-ensemble: $(STAMP)
 
 $(filter %-push,$(TARGETS)): %-push: $(STAMP)
 	$(kit) $* push $(run_arg) $(if $(DRY_RUN),dry_run=true) $(ARGS)
+
+$(addsuffix -runs,$(COMPETITIONS)): %-runs: $(STAMP)
+	$(kit) $* runs $(ARGS)
+
+$(addsuffix -dashboard,$(COMPETITIONS)): %-dashboard: $(STAMP)
+	$(kit) $* dashboard $(run_arg) $(ARGS)
 
 armyworm-gradcam: $(STAMP)
 	$(kit) armyworm gradcam $(run_arg) $(if $(RUN2),run2=$(RUN2)) $(ARGS)

@@ -48,18 +48,21 @@ ENGINE_DEFAULTS = {
     "tta": False,               # test-time augmentation at infer time (the task's views of each batch)
     "test_file": None,          # infer: any CSV in the competition's test format; null -> the competition's test file
     "out": None,                # infer: where to write predictions in the submission's format
+    "tracker": "none",          # none | tensorboard | mlflow | wandb: config, losses, lr and scores per fold, the CV
+    "tracker_uri": None,        # mlflow: a tracking URI; null -> sqlite in the run folder (runs/<c>/<run>/mlflow.db)
     "tune": None,               # settings of `make <c>-tune` (common/tune.py); kept out of the trials' configs
     "kaggle": None,             # settings of `make <c>-push` (common/kaggle.py)
 }
 
 # Keys that may differ when an existing run is resumed or used for inference.
-RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle"}
+RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
+                "tracker", "tracker_uri"}
 
 # Runs written before a key was renamed or added still load: old name -> new name, and the value that reproduces
 # what those runs did (fold_seed: folds were drawn with the training seed).
 RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
 ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
-              "checkpoint_every": lambda cfg: 0}
+              "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None}
 
 
 def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namespace:

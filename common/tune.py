@@ -20,6 +20,7 @@ import copy
 import os
 import shutil
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from common.config import parse_args
-from common.errors import ConfigError
+from common.errors import ConfigError, NotFound
 from common.io import atomic_path, write_csv
 from common.metrics import get_metric
 from common.runs import Run
@@ -50,6 +51,8 @@ TUNE_DEFAULTS = {
     "warmup_steps": 0,       # median: never prune before this many epochs (counted over the trial's folds)
     "folds": [0],            # folds every trial trains; its CV over them is the objective. null -> all folds
     "timeout": None,         # seconds this invocation keeps starting trials; null -> until n_trials
+    "heartbeat": 60,         # database URL storages: a running trial's heartbeat, seconds
+    "grace_period": 180,     # ... and after how long without one another worker fails it and queues its retry
     "space": None,           # {key: {type: float|int|categorical, low, high, log, step, choices}}; null -> lr only
 }
 # A trial may not change which rows it trains on or how they are split: all trials share the study's folds.
@@ -83,7 +86,8 @@ def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> opt
     share_folds(task, cfg, study_dir)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trainer prints each epoch; optuna adds the trials
-    study = optuna.create_study(study_name=study_name, storage=create_storage(settings.storage, study_dir),
+    storage = create_storage(settings.storage, study_dir, settings.heartbeat, settings.grace_period)
+    study = optuna.create_study(study_name=study_name, storage=storage,
                                 direction="maximize" if metric.greater_is_better else "minimize",
                                 pruner=pruner, load_if_exists=True)
     retry_dead_trials(study)
@@ -106,7 +110,8 @@ def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> opt
         run_dir = Path(cfg.runs_dir) / task.name / run_name
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / "folds.csv").is_file():
-            shutil.copy(study_dir / "folds.csv", run_dir / "folds.csv")
+            with atomic_path(run_dir / "folds.csv") as tmp:  # a killed worker never leaves half a split
+                shutil.copy(study_dir / "folds.csv", tmp)
         print(f"trial {trial.number} ({run_name}): {trial.params}")
 
         def report(fold: int, epoch: int, score: float) -> None:
@@ -182,7 +187,7 @@ def share_folds(task: Task, cfg: DictConfig, study_dir: Path) -> None:
         assign_folds(Run(study_dir), task, cfg, train, is_main=True)
 
 
-def create_storage(spec: str | None, study_dir: Path):
+def create_storage(spec: str | None, study_dir: Path, heartbeat: int = 60, grace_period: int = 180):
     if spec is None:
         # A long timeout: a second process waits for SQLite's lock instead of failing at once.
         return optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'study.db').resolve()}",
@@ -196,9 +201,34 @@ def create_storage(spec: str | None, study_dir: Path):
     # Workers on several machines: a heartbeat lets the others fail (and retry) a dead machine's trial.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            spec, heartbeat_interval=60, grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return database_storage(spec, heartbeat_interval=heartbeat, grace_period=grace_period,
+                                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                    max_retry=2))
+
+
+def database_storage(url: str, attempts: int = 5, **kwargs) -> optuna.storages.RDBStorage:
+    """RDBStorage on a database server. Workers started together on a fresh database race to create Optuna's
+    tables (optuna/optuna#1092: "duplicate key ... pg_type_typname_nsp_index"); a loser retries and finds them made.
+    A URL that cannot be used is a ConfigError naming it (password hidden)."""
+    import sqlalchemy
+    try:
+        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"tune.storage={url!r} is not a database URL (e.g. postgresql://user:pw@host/optuna), "
+                          f"journal or null") from None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)  # another worker is creating the tables
+        except sqlalchemy.exc.OperationalError as e:
+            reason = str(e.orig or e).strip().splitlines()[0]
+            raise ConfigError(f"tune.storage={shown}: cannot connect ({reason})") from None
+        except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+            raise ConfigError(f"tune.storage={shown}: no driver for it ({e}); PostgreSQL's is in requirements.txt "
+                              f"(psycopg[binary])") from None
 
 
 def create_pruner(settings: DictConfig, steps_per_trial: int) -> optuna.pruners.BasePruner:
@@ -214,7 +244,12 @@ def create_pruner(settings: DictConfig, steps_per_trial: int) -> optuna.pruners.
 
 def retry_dead_trials(study: optuna.Study) -> None:
     """A trial left RUNNING by a process of this machine that no longer exists (killed) is marked failed, and its
-    parameters are queued again under its run folder name, so the next trial picks up its training."""
+    parameters are queued again under its run folder name, so the next trial picks up its training. A trial of
+    another machine is failed and queued by Optuna once its heartbeat is older than tune.grace_period (database
+    storages): done here too, before the trials are counted, else a dead machine's trial keeps the study "full"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # nothing to do without a heartbeat (SQLite, journal)
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") != host or _alive(t.user_attrs.get("pid")):
@@ -292,3 +327,29 @@ def save_plots(study: optuna.Study, plots_dir: Path, n_complete: int) -> None:
                 fig.savefig(tmp, format="png", dpi=100)
             plt.close(fig)
     print(f"plots: {plots_dir}")
+
+
+# ---- the dashboard -----------------------------------------------------------------------------------
+DASHBOARD_ARGS = {"run_name": None, "runs_dir": "runs", "storage": None, "host": "127.0.0.1", "port": 8080}
+
+
+def dashboard_command(task: Task, argv: list[str] | None = None) -> None:
+    """make <c>-dashboard RUN=<study> [ARGS="port=8081 storage=journal"]: optuna-dashboard on the study's storage."""
+    from common import cli
+    args = cli.command_args(argv, DASHBOARD_ARGS, "dashboard")
+    dashboard(task, args.run_name or "tune", args.storage, args.runs_dir, args.host, int(args.port))
+
+
+def dashboard(task: Task, study_name: str, storage: str | None = None, runs_dir: str = "runs",
+              host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve optuna-dashboard for a study until interrupted. storage: as tune.storage (null: the study's SQLite,
+    or its journal when only that exists)."""
+    from optuna_dashboard import run_server
+    study_dir = Path(runs_dir) / task.name / study_name
+    if storage is None and not (study_dir / "study.db").is_file() and (study_dir / "journal.log").is_file():
+        storage = "journal"
+    if storage is None and not (study_dir / "study.db").is_file():
+        raise NotFound(f"no study at {study_dir} (study.db or journal.log); run make {task.name}-tune RUN={study_name}"
+                       f" first, or pass storage=<URL>")
+    print(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/  (Ctrl-C stops it)", flush=True)
+    run_server(create_storage(storage, study_dir), host=host, port=port)
