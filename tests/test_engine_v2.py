@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from common import api, ensemble, gradcam
+from common.errors import NotFound
 from common.folds import FoldSpec
 from common.io import read_json, write_json
-from common.errors import NotFound
 from common.metrics import get_metric, tune_threshold
 from common.task import TARGET, Task
 from common.vision import ImageTask, image_views
@@ -186,6 +186,8 @@ def test_a_tuned_threshold_is_saved_used_by_submit_and_re_tuned_by_a_blend(pair_
     assert json.loads(blend.blend_path.read_text())["runs"]
     submission = pd.read_csv(api.submit(pair_task, blend))
     preds = pd.read_csv(blend.test_preds_path).set_index("pair_id")["pred"]
+    again = api.predict(pair_task, blend).set_index("pair_id")["pred"]  # a blend predicts through its runs
+    assert np.allclose(again.loc[preds.index], preds)
     assert list(submission.similar) == list((preds.loc[submission.pair_id] >= blend.threshold()).astype(int))
 
 
