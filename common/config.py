@@ -54,6 +54,20 @@ ENGINE_DEFAULTS = {
     "kaggle": None,             # settings of `make <c>-push` (common/kaggle.py)
 }
 
+# Winners' training tricks (common/tricks.py), keys of every task, off by default.
+TRICK_DEFAULTS = {
+    "ema": 0.0,                     # EMA decay of the weights (0.999 is common); 0 -> off
+    "layer_decay": None,            # e.g. 0.9: each backbone layer below the top learns 0.9x slower; null -> off
+    "awp": 0.0,                     # AWP step size (adv_lr, 1.0 in the USPPPM / Feedback winners' code); 0 -> off
+    "awp_eps": 1e-3,                # AWP: largest perturbation, relative to each weight's size
+    "awp_start": 1,                 # AWP: first epoch it is applied
+    "multi_sample_dropout": 0,      # N dropout masks averaged in the head while training; 0 or 1 -> off
+    "gradient_checkpointing": False,  # trade compute for memory in the backbone (HF and timm backbones)
+}
+
+
+ENGINE_DEFAULTS.update(TRICK_DEFAULTS)
+
 # Keys that may differ when an existing run is resumed or used for inference.
 RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
                 "tracker", "tracker_uri"}

@@ -2,6 +2,7 @@
 with a pooling head, datasets, dynamic padding, pair-swap TTA."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from common.errors import ConfigError
 from common.task import TARGET, Task
+from common.tricks import multi_sample, set_gradient_checkpointing
 from common.weights import resolve_text_model
 
 # Config keys every text competition understands, on top of the engine's (common/config.py).
@@ -98,13 +100,14 @@ class AttentionPool(nn.Module):
 class CrossEncoder(nn.Module):
     """Backbone -> pooling (cls | mean | attention) -> dropout -> linear head."""
 
-    def __init__(self, backbone: nn.Module, n_outputs: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, n_outputs: int, pooling: str = "mean", dropout: float = 0.1,
+                 dropout_samples: int = 1):
         super().__init__()
         if pooling not in ("cls", "mean", "attention"):
             raise ConfigError(f"pooling must be cls, mean or attention, got {pooling!r}")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT's pooler is unused here; unused parameters break DDP
-        self.backbone, self.pooling = backbone, pooling
+        self.backbone, self.pooling, self.dropout_samples = backbone, pooling, dropout_samples
         hidden = backbone.config.hidden_size
         # Everything outside the backbone counts as head (its own learning rate, head_lr).
         self.head = nn.ModuleDict({"pool": AttentionPool(hidden) if pooling == "attention" else nn.Identity(),
@@ -120,12 +123,14 @@ class CrossEncoder(nn.Module):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
         else:
             pooled = self.head["pool"](hidden, attention_mask)
-        return self.head["fc"](self.head["dropout"](pooled))
+        return multi_sample(lambda x: self.head["fc"](self.head["dropout"](x)), pooled, self.dropout_samples,
+                            self.training)
 
 
 def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained: bool,
                       pooling: str = "mean", dropout: float = 0.1,
-                      backbone_dropout: float | None = None) -> CrossEncoder:
+                      backbone_dropout: float | None = None, dropout_samples: int = 1,
+                      gradient_checkpointing: bool = False) -> CrossEncoder:
     """pretrained=True loads the backbone weights (and saves its config + tokenizer into the run);
     pretrained=False rebuilds the architecture from the run's copy, for loading a fold checkpoint offline.
     backbone_dropout (None keeps the checkpoint's own) sets every dropout inside the backbone; 0 is a common
@@ -135,8 +140,12 @@ def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained
         source = resolve_text_model(model_name)
         backbone = AutoModel.from_pretrained(source)
         if PartialState().is_main_process and not (saved / "config.json").is_file():
-            backbone.config.save_pretrained(saved)
-            AutoTokenizer.from_pretrained(source).save_pretrained(saved)
+            tmp = saved.with_name(f".{BACKBONE_DIR}.tmp")  # written whole, then renamed: never half a tokenizer
+            shutil.rmtree(tmp, ignore_errors=True)
+            backbone.config.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+            shutil.rmtree(saved, ignore_errors=True)
+            tmp.rename(saved)
         PartialState().wait_for_everyone()
     else:
         if not (saved / "config.json").is_file():
@@ -146,7 +155,9 @@ def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained
         for module in backbone.modules():
             if isinstance(module, nn.Dropout):  # covers attention dropout too: HF attention reads .p
                 module.p = float(backbone_dropout)
-    return CrossEncoder(backbone, n_outputs, pooling, dropout)
+    if gradient_checkpointing:
+        set_gradient_checkpointing(backbone)
+    return CrossEncoder(backbone, n_outputs, pooling, dropout, dropout_samples)
 
 
 # ---- the text task --------------------------------------------------------------------------------
@@ -193,7 +204,8 @@ class TextTask(Task):
 
     def build_model(self, cfg, n_outputs, ctx, pretrained):
         return create_text_model(cfg.model, n_outputs, ctx.run_dir, pretrained, cfg.pooling, cfg.head_dropout,
-                                 cfg.backbone_dropout)
+                                 cfg.backbone_dropout, cfg.get("multi_sample_dropout") or 1,
+                                 bool(cfg.get("gradient_checkpointing")))
 
     def loss_fn(self, cfg, train, ctx):
         name = self.loss_name(cfg)

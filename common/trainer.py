@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -34,9 +34,11 @@ from common.io import atomic_path, read_csv, read_json, write_csv, write_json
 from common.metrics import get_metric, scores_with_threshold, tune_threshold
 from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
+from common.tricks import AWP, create_ema, layer_scales
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
+EMA_FILE = "ema.safetensors"     # the weights' moving average in a resume state (ema=)
 ESTIMATOR_FILE = "model.joblib"  # a fold's fitted estimator (Task.estimator), next to its state
 # on_evaluate(fold, epoch, score) is called after every epoch's evaluation; Optuna raises TrialPruned from it.
 EvalCallback = Callable[[int, int, float], None]
@@ -238,6 +240,9 @@ def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, 
         model, optimizer, train_dl, valid_dl, scheduler)
     loop = FoldLoop(task, cfg, accelerator, run, fold, classes, model, optimizer, scheduler, loss_fn, val,
                     valid_dl, on_evaluate)
+    loop.ema = create_ema(cfg, accelerator.unwrap_model(model))  # evaluated and saved instead of the raw weights
+    if cfg.get("awp"):
+        loop.awp = AWP(accelerator.unwrap_model(model), cfg.awp, cfg.awp_eps)
     loop.resume()
     for epoch in range(loop.state["epoch"] + 1, cfg.epochs + 1):
         stop = loop.train_one_epoch(epoch, train_dl, ctx)
@@ -266,14 +271,15 @@ def create_optimizer(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch:
     """AdamW with a backbone and a head learning rate, no weight decay on biases and norm weights; warm-up and
     the configured schedule over the whole run."""
     head_ids = {id(p) for p in model.head.parameters()} if hasattr(model, "head") else set()
+    scales = layer_scales(model, cfg.layer_decay) if cfg.get("layer_decay") else {}
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = id(p) in head_ids
         decay = cfg.weight_decay if p.ndim > 1 else 0.0
-        groups.setdefault((is_head, decay), {"params": [], "lr": (cfg.head_lr or cfg.lr) if is_head else cfg.lr,
-                                             "weight_decay": decay})["params"].append(p)
+        lr = (cfg.head_lr or cfg.lr) if is_head else cfg.lr * scales.get(name, 1.0)
+        groups.setdefault((is_head, decay, lr), {"params": [], "lr": lr, "weight_decay": decay})["params"].append(p)
     if cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(list(groups.values()), lr=cfg.lr)
     elif cfg.optimizer == "adam":
@@ -298,6 +304,7 @@ class FoldLoop:
         self.val, self.valid_dl, self.on_evaluate = val, valid_dl, on_evaluate
         self.fold_dir = run.fold_dir(fold)
         self.metric = get_metric(task.metric)
+        self.ema, self.awp = None, None
         self.state = {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "best_score": None, "best_epoch": None,
                       "bad_evals": 0, "history": []}
 
@@ -307,6 +314,8 @@ class FoldLoop:
             return
         self.accelerator.load_state(str(last))  # model, optimizer, scheduler and RNG states
         self.state.update(read_json(last / "trainer_state.json"))
+        if self.ema is not None:
+            self.ema.load_state_dict(load_file(str(last / EMA_FILE)))
         where = f"batch {self.state['batch']} of epoch {self.state['epoch'] + 1}" if self.state["batch"] else \
             f"epoch {self.state['epoch']}"
         self.accelerator.print(f"fold {self.fold}: resuming after {where} "
@@ -329,6 +338,10 @@ class FoldLoop:
             with accelerator.accumulate(self.model):
                 loss = self.task.train_loss(cfg, self.model, batch, self.loss_fn)
                 accelerator.backward(loss)
+                if self.awp is not None and epoch >= cfg.awp_start and accelerator.sync_gradients:
+                    self.awp.perturb()  # a second pass where the loss is worse, its gradients added
+                    accelerator.backward(self.task.train_loss(cfg, self.model, batch, self.loss_fn))
+                    self.awp.restore()
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
                 self.optimizer.step()
@@ -340,6 +353,8 @@ class FoldLoop:
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
+            if self.ema is not None:
+                self.ema.update(accelerator.unwrap_model(self.model), step=state["step"])
             accelerator.log({f"fold{self.fold}/train_loss": loss.detach().float().item(),
                              f"fold{self.fold}/lr": self.scheduler.get_last_lr()[0]}, step=state["step"])
             last_batch = state["batch"] == len(train_dl)
@@ -363,13 +378,14 @@ class FoldLoop:
         """Score the fold's validation rows, keep the best checkpoint and OOF, log; True when early stopping says
         stop."""
         state, metric = self.state, self.metric
-        preds, valid_loss = predict_loader(self.task, self.cfg, self.accelerator, self.model, self.valid_dl,
+        model = self.ema.module if self.ema is not None else self.model
+        preds, valid_loss = predict_loader(self.task, self.cfg, self.accelerator, model, self.valid_dl,
                                            self.loss_fn)
         score = metric(self.val[TARGET].to_numpy(), preds)
         improved = metric.better(score, state["best_score"])
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_evals=0)
-            save_model(self.accelerator, self.model, self.run.checkpoint(self.fold))
+            save_model(self.accelerator, model, self.run.checkpoint(self.fold))
             if self.accelerator.is_main_process:
                 write_csv(oof_frame(self.task, self.val, preds, self.classes), self.fold_dir / "oof.csv")
         else:
@@ -386,7 +402,8 @@ class FoldLoop:
         return bool(self.cfg.patience) and state["bad_evals"] >= self.cfg.patience
 
     def save_resume_state(self) -> None:
-        save_resume_state(self.accelerator, self.fold_dir, self.state)
+        extra = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else {}
+        save_resume_state(self.accelerator, self.fold_dir, self.state, extra)
 
     def finish(self) -> None:
         if self.accelerator.is_main_process:
@@ -477,14 +494,17 @@ def save_model(accelerator: Accelerator, model, path: Path) -> None:
     accelerator.wait_for_everyone()
 
 
-def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict) -> None:
-    """Resume state (model, optimizer, scheduler, RNG + trainer_state.json), swapped in atomically."""
+def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict, extra: dict | None = None) -> None:
+    """Resume state (model, optimizer, scheduler, RNG + trainer_state.json + extra {file: tensors}, e.g. the EMA
+    weights), swapped in atomically."""
     tmp, last, old = fold_dir / "last.tmp", fold_dir / "last", fold_dir / "last.old"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        for name, tensors in (extra or {}).items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
         write_json(state, tmp / "trainer_state.json")
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)  # a kill while deleting it last time leaves a partial last.old

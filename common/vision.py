@@ -20,6 +20,7 @@ from torch import nn
 
 from common.errors import ConfigError, DataError
 from common.task import TARGET, Task
+from common.tricks import multi_sample, set_gradient_checkpointing
 from common.weights import WeightsNotFound, resolve_timm_weights
 
 # Config keys every image competition understands, on top of the engine's (common/config.py).
@@ -46,17 +47,18 @@ GEOMETRIC = {"HorizontalFlip", "VerticalFlip", "RandomRotate90", "Rotate", "Tran
 class ImageClassifier(nn.Module):
     """timm backbone (global average pooled features) -> dropout -> linear head."""
 
-    def __init__(self, backbone: nn.Module, n_outputs: int, head_dropout: float = 0.0):
+    def __init__(self, backbone: nn.Module, n_outputs: int, head_dropout: float = 0.0, dropout_samples: int = 1):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.dropout_samples = backbone, dropout_samples
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(backbone.num_features, n_outputs))
 
     def forward(self, image):
-        return self.head(self.backbone(image))
+        return multi_sample(self.head, self.backbone(image), self.dropout_samples, self.training)
 
 
 def create_image_model(name: str, n_outputs: int, pretrained: bool, weights: str | None = None,
-                       head_dropout: float = 0.0, backbone_dropout: float = 0.0) -> ImageClassifier:
+                       head_dropout: float = 0.0, backbone_dropout: float = 0.0, dropout_samples: int = 1,
+                       gradient_checkpointing: bool = False) -> ImageClassifier:
     """Any timm name. Weights: `weights=` file, packaged offline weights, a Kaggle input dir, else the hub."""
     local = resolve_timm_weights(name, weights) if pretrained else None
     hub = pretrained and local is None
@@ -69,7 +71,9 @@ def create_image_model(name: str, n_outputs: int, pretrained: bool, weights: str
         raise
     if local:
         load_backbone_weights(backbone, local)
-    return ImageClassifier(backbone, n_outputs, head_dropout)
+    if gradient_checkpointing:
+        set_gradient_checkpointing(backbone)
+    return ImageClassifier(backbone, n_outputs, head_dropout, dropout_samples)
 
 
 def load_backbone_weights(backbone: nn.Module, path: str) -> None:
@@ -229,7 +233,8 @@ class ImageTask(Task):
 
     def build_model(self, cfg, n_outputs, ctx, pretrained):
         model = create_image_model(cfg.model, n_outputs, pretrained, cfg.weights, cfg.head_dropout,
-                                   cfg.backbone_dropout)
+                                   cfg.backbone_dropout, cfg.get("multi_sample_dropout") or 1,
+                                   bool(cfg.get("gradient_checkpointing")))
         return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
     def tta_names(self, cfg: DictConfig) -> list[str]:
@@ -252,7 +257,18 @@ def _image_problem(path: str) -> str | None:
         return "missing on disk"
     try:
         with Image.open(p) as im:
+            image_format = im.format
             im.verify()
     except Exception:
         return "unreadable"
+    if image_format == "JPEG" and not _jpeg_complete(p):
+        return "truncated"
     return None
+
+
+def _jpeg_complete(p: Path) -> bool:
+    """A JPEG ends with its EOI marker (FF D9), perhaps followed by padding; a cut one does not. PIL's verify() does
+    not read that far, and OpenCV decodes the missing part as grey with only a warning: checked here instead."""
+    with open(p, "rb") as f:
+        f.seek(max(f.seek(0, 2) - 1024, 0))
+        return b"\xff\xd9" in f.read()

@@ -42,3 +42,22 @@ def two_runs(tmp_path_factory):
     cli.train(UsppmTask(), [*common, "run_name=a"])
     cli.train(UsppmTask(), [*common, "run_name=b", "pooling=cls", "loss=mse", "lr=1e-4"])
     return runs_dir
+
+
+@pytest.fixture
+def pair_task(tmp_path, monkeypatch):
+    """The toy pair task (tests/toys.py) on fresh data, run in a temp folder."""
+    from tests.toys import PairTask, make_pair_data
+    monkeypatch.chdir(tmp_path)
+    data = make_pair_data(tmp_path / "data")
+    path = tmp_path / "pairs.yaml"
+    path.write_text(f"data_dir: {data}\nepochs: 4\nbatch_size: 16\nfolds: 3\nlr: 2.0e-2\nwarmup: 0.0\n")
+    return PairTask(path)
+
+
+@pytest.fixture
+def growth_toy(tmp_path, monkeypatch):
+    """The toy image + tabular regression (tests/toys.py), run in a temp folder."""
+    from tests.toys import GrowthToy, make_growth_data
+    monkeypatch.chdir(tmp_path)
+    return GrowthToy(make_growth_data(tmp_path))

@@ -16,7 +16,6 @@ from common import api, ensemble, leaderboard
 from common.errors import ConfigError
 from common.runs import Run
 from tests.conftest import REPO
-from tests.test_engine_v2 import growth_toy, pair_task  # noqa: F401  (fixtures: the toy tasks of engine v2)
 
 
 def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unfinished_run(pair_task, capsys):
@@ -53,7 +52,7 @@ def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unf
         leaderboard.runs_table(pair_task, sort="nope")
 
 
-def test_a_lower_is_better_metric_sorts_ascending(growth_toy):  # noqa: F811  (the imported fixture)
+def test_a_lower_is_better_metric_sorts_ascending(growth_toy):
     api.train(growth_toy, growth_toy.config(["run_name=slow", "lr=1e-3", "epochs=1"]))
     api.train(growth_toy, growth_toy.config(["run_name=fast", "lr=3e-2", "epochs=2"]))
     table = leaderboard.runs_table(growth_toy)
