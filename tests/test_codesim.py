@@ -1,0 +1,311 @@
+"""Code similarity (DACON 235900): normalisation, pairs and folds by problem, BM25 hard negatives, the sampler,
+bad input, and both model kinds end to end on a few synthetic problems (the offline MiniLM, 1 epoch)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from rank_bm25 import BM25Okapi
+
+from common.errors import DataError
+from common.pairs import PairSampler, SpecialTokens, fair_budget, head_tail, word_tokens
+from common.pysource import Normalizer, decode_source, strip_python
+from common.task import TARGET
+from competitions.codesim.demo import make_dataset
+from competitions.codesim.task import CodesimTask, load_corpus
+from tests.conftest import shared_data
+
+TASK = CodesimTask()
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("codesim") / "data", n_problems=12, n_test_problems=4)
+
+
+def config(data: Path, *overrides):
+    return TASK.config([f"data_dir={data}", "folds=3", *overrides])
+
+
+# ---- normalisation ------------------------------------------------------------------------------------------------
+SOURCE = '''#!/usr/bin/env python
+"""Module docstring."""
+import sys  # why
+
+
+def f(x):
+    """Doc
+    on two lines"""
+    s = "a # not a comment"   \n
+    "a bare string" "concatenated"
+    return "-".join(x) + s  # trailing
+'''
+
+
+def test_comments_removed_but_hash_in_strings_kept():
+    out = Normalizer(docstrings=False)(SOURCE)
+    assert "#!/usr" not in out and "# why" not in out and "# trailing" not in out
+    assert '"a # not a comment"' in out and '"-".join(x)' in out
+    assert '"""Module docstring."""' in out  # docstrings are their own step
+
+
+def test_docstrings_and_bare_strings_removed():
+    out = Normalizer(comments=False)(SOURCE)
+    assert "Module docstring" not in out and "on two lines" not in out and "a bare string" not in out
+    assert "# why" in out and '"-".join(x)' in out  # a string inside an expression stays
+    assert strip_python('x = """not a docstring"""\n') == 'x = """not a docstring"""\n'
+
+
+def test_blank_lines_and_trailing_spaces_each_switchable():
+    assert Normalizer()(SOURCE) == ('import sys\ndef f(x):\n    s = "a # not a comment"\n'
+                                    '    return "-".join(x) + s')
+    keep_blank = Normalizer(blank_lines=False)(SOURCE)
+    assert "\n\n" in keep_blank
+    keep_trailing = Normalizer(trailing_space=False)(SOURCE)
+    assert '"a # not a comment"   \n' in keep_trailing
+    assert Normalizer(False, False, False, False)(SOURCE) == SOURCE.replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("text", ['x = """never closed\n# gone\ny = 1\n',   # unterminated string
+                                  "if x:\n        y = 1\n    # gone\n    z = 2\n",  # bad dedent
+                                  "a = `x`  # backticks, Python 2\n# gone\n"])
+def test_text_that_does_not_tokenize_falls_back_and_is_counted(text):
+    normalise = Normalizer()
+    out = normalise(text)
+    assert normalise.fallbacks == 1 and "# gone" not in out and out.strip()
+
+
+def test_python2_print_tokenizes_and_bad_bytes_decode():
+    normalise = Normalizer()
+    assert normalise('print "hi"  # greet\n') == 'print "hi"' and normalise.fallbacks == 0
+    assert decode_source("x = 'é'\n".encode()) == ("x = 'é'\n", True)
+    assert decode_source("# -*- coding: cp949 -*-\nx = '한'\n".encode("cp949"))[1] is True
+    text, clean = decode_source(b"x = '\xff\xfe'\n")
+    assert not clean and text.startswith("x = '")
+    assert Normalizer()(None) == "" and Normalizer()(float("nan")) == ""  # an empty CSV cell
+
+
+def test_corpus_dedupes_within_a_problem_and_counts_fallbacks(demo_data, capsys):
+    corpus, extra = load_corpus(config(demo_data, "sample_train=null"), demo_data)
+    files = set(corpus["file"])
+    assert "problem003_92.py" not in files and "problem003_1.py" in files  # same program once a comment is gone
+    assert {"problem001_90.py", "problem002_91.py"} <= files  # Python 2 / does not tokenize: kept, not a crash
+    assert extra is None
+    assert "1 duplicate(s) dropped; 1 did not tokenize" in capsys.readouterr().out
+    corpus, _ = load_corpus(config(demo_data, "sample_train=null", "dedupe=false"), demo_data)
+    assert "problem003_92.py" in set(corpus["file"])
+
+
+# ---- pairs, folds, BM25, sampler ----------------------------------------------------------------------------------
+def test_scored_pairs_are_balanced_and_folds_are_by_problem(demo_data):
+    cfg = config(demo_data)
+    train = TASK.load_train(cfg)
+    folds = TASK.folds(cfg, train)
+    assert train["pair_id"].is_unique
+    assert ((train["problem1"] == train["problem2"]) == (train["similar"] == 1)).all()
+    code = train[~train["pair_id"].str.startswith("sample_train")]
+    assert abs(code["similar"].mean() - 0.5) < 0.05
+    sides = pd.concat([pd.DataFrame({"problem": train["problem1"], "fold": folds}),
+                       pd.DataFrame({"problem": train["problem2"], "fold": folds})])
+    assert (sides[sides.fold >= 0].groupby("problem")["fold"].nunique() == 1).all()  # one fold per problem
+    crossing = train["fold1"] != train["fold2"]
+    assert (folds[crossing] == -1).all() and (folds[~crossing] >= 0).all()
+    assert (folds[~train["pair_id"].str.startswith("sample_train")] >= 0).all()  # code/ pairs all scored
+    sample = train[train["pair_id"].str.startswith("sample_train")]
+    assert len(sample) == 12 and set(sample["similar"]) == {0, 1}  # sample_train.csv adds its pairs
+
+
+def test_mining_uses_training_files_only_and_hard_negatives_are_bm25_top_hits(demo_data, tmp_path):
+    cfg = config(demo_data, "hard_negatives=3")
+    train = TASK.load_train(cfg)
+    folds = TASK.folds(cfg, train)
+    corpus, _ = load_corpus(cfg, demo_data)
+    for k in range(3):
+        rows = train[(folds != k) & (folds >= 0)]
+        valid = train[folds == k]
+        pool = TASK.fit_fold(cfg, rows.reset_index(drop=True), tmp_path / f"fold{k}")
+        held_out = set(valid["problem1"]) | set(valid["problem2"])
+        assert not set(pool["problem"]) & held_out, "a validation problem is in the training pool"
+        assert not set(pool["file"]) & (set(valid["file1"]) | set(valid["file2"]))
+        mined = [n for names in pool["hard"] for n in names.split()]
+        assert mined and set(mined) <= set(pool["file"])
+        # The same top-3 straight from rank-bm25 over the pool
+        code = dict(zip(corpus["file"], corpus["code"]))
+        docs = [word_tokens(code[f]) for f in pool["file"]]
+        bm25 = BM25Okapi(docs)
+        problems = pool["problem"].to_numpy()
+        for i in range(len(pool)):
+            scores = np.round(bm25.get_scores(docs[i]), 9)
+            scores[problems == problems[i]] = -np.inf
+            top = sorted(range(len(pool)), key=lambda j: (-scores[j], j))[:3]
+            assert pool["hard"].iloc[i].split() == pool["file"].iloc[top].tolist()
+        assert TASK.load_fold(cfg, tmp_path / f"fold{k}").equals(pool)
+
+
+def test_sampler_replays_an_epoch_from_the_generator_and_keeps_its_shares():
+    groups = np.repeat(np.arange(20), 4)
+    hard = np.array([[(i + 4) % 80, (i + 8) % 80] for i in range(80)])
+    g = torch.Generator()
+    sampler = PairSampler(groups, 2000, positive_share=0.3, hard=hard, hard_share=0.5, generator=g)
+    g.manual_seed(7)
+    first = list(sampler)
+    g.manual_seed(7)
+    assert list(sampler) == first and len(first) == len(sampler) == 2000
+    g.manual_seed(8)
+    assert list(sampler) != first
+    labels = np.array([y for _, _, y in first])
+    assert all((groups[i] == groups[j]) == bool(y) and i != j for i, j, y in first)
+    assert abs(labels.mean() - 0.3) < 0.04
+    hard_pairs = {(i, int(j)) for i in range(80) for j in hard[i]}
+    neg = [(i, j) for i, j, y in first if not y]
+    share = np.mean([(i, j) in hard_pairs or (j, i) in hard_pairs for i, j in neg])
+    assert 0.45 < share < 0.6  # half drawn from the hard list (+ random ones that happen to be on it)
+
+
+def test_token_budget_is_fair_and_keeps_head_and_tail():
+    assert fair_budget(10, 20, 100) == (10, 20)
+    assert fair_budget(10, 200, 100) == (10, 90) and fair_budget(200, 10, 100) == (90, 10)
+    assert fair_budget(200, 300, 100) == (50, 50)
+    assert head_tail(list(range(10)), 4) == [0, 1, 8, 9] and head_tail([1, 2], 4) == [1, 2]
+    assert head_tail(list(range(10)), 4, head_share=1.0) == [0, 1, 2, 3]
+
+
+def test_special_tokens_match_the_tokenizer():
+    from common.text import load_tokenizer
+    tok = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2", Path("/nonexistent"))
+    special = SpecialTokens(tok)
+    a, b = "x = int(input())", "print(sum(a))"
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in (a, b)]
+    assert special.pair(*ids) == dict(tok(a, b)) and special.single(ids[0]) == tok(a)["input_ids"]
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+def write_test(path: Path, rows, columns=("pair_id", "code1", "code2")) -> Path:
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
+    return path
+
+
+def test_bad_test_files_name_file_and_row(demo_data, tmp_path):
+    cfg = config(demo_data, f"test_file={tmp_path / 'x.csv'}")
+    missing = write_test(tmp_path / "missing.csv", [(1, "a = 1")], ("pair_id", "code1"))
+    with pytest.raises(DataError, match=r"missing\.csv: missing column\(s\) 'code2'"):
+        TASK.load_test(cfg, missing)
+    twice = write_test(tmp_path / "twice.csv", [(1, "a", "b"), (2, "c", "d"), (1, "e", "f")])
+    with pytest.raises(DataError, match=r"twice\.csv: id \S*1\S* in column 'pair_id' appears twice \(data row 3\)"):
+        TASK.load_test(cfg, twice)
+    empty = write_test(tmp_path / "empty.csv", [(1, "", "print(1)"), (2, "x = 1", None)])
+    df = TASK.load_test(cfg, empty)  # an empty program is scored, not an error
+    assert df["code1"].tolist() == ["", "x = 1"] and df["code2"].tolist() == ["print(1)", ""]
+
+
+def test_test_ids_must_match_the_sample_submission(tmp_path, demo_data):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    test = pd.read_csv(data / "test.csv")
+    test.loc[4, "pair_id"] = 9999
+    test.to_csv(data / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"test\.csv: data row 5 has pair_id '9999' where .*sample_submission\.csv"):
+        TASK.load_test(config(data), data / "test.csv")
+    test.iloc[:-1].assign(pair_id=pd.read_csv(data / "sample_submission.csv")["pair_id"].iloc[:-1]).to_csv(
+        data / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"sample_submission\.csv: data row \d+ onwards \(1 rows\) are not in"):
+        TASK.load_test(config(data), data / "test.csv")
+
+
+def test_missing_code_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"code: folder not found"):
+        TASK.load_train(config(tmp_path))
+
+
+def test_real_corpus_loads_as_it_is():
+    data = shared_data("code_similarity/atcoder_python_grouped")
+    cfg = config(data, "folds=5")
+    train = TASK.load_train(cfg)
+    folds = TASK.folds(cfg, train)
+    assert train["problem1"].nunique() == 100 and (folds >= 0).all() and np.bincount(folds).min() > 100
+    assert abs(train["similar"].mean() - 0.5) < 0.02 and TARGET not in train
+
+
+# ---- both model kinds end to end (tiny: 1 epoch, 2 folds, a few dozen pairs) -------------------------------------
+# fold 0 of 2 only; its scored pairs: 2 positives and 2 negatives of each of its ~6 problems
+TINY = ["folds=2", "train_folds=[0]", "epochs=1", "pairs_per_epoch=16", "batch_size=16", "max_len=48",
+        "valid_positives=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(demo_data, tmp_path_factory):
+    from common import api
+    runs_dir = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi"])):
+        cfg = TASK.config([f"data_dir={demo_data}", f"runs_dir={runs_dir}", f"run_name={name}", *TINY, *extra])
+        runs[name] = api.train(TASK, cfg)
+    return runs
+
+
+@pytest.mark.parametrize("name", ["cross", "bi"])
+def test_train_infer_submit_end_to_end(tiny_runs, demo_data, name, tmp_path, monkeypatch):
+    from common import api
+    from common.submission import validate
+    monkeypatch.chdir(tmp_path)  # submissions/ lands here
+    run = tiny_runs[name]
+    for f in ["oof.csv", "folds.csv", "metrics.json", "threshold.json", "fold0/pairs_pool.csv",
+              "fold0/model.safetensors"]:
+        assert (run.dir / f).is_file(), f
+    oof, folds = pd.read_csv(run.oof_path), pd.read_csv(run.folds_path)
+    assert len(oof) == (folds["fold"] == 0).sum() and oof["pred"].between(0, 1).all()
+    assert run.config().encoder == name
+
+    path = api.submit(TASK, run, runs_dir=str(run.dir.parent.parent), data_dir=str(demo_data))
+    sub, sample = pd.read_csv(path), pd.read_csv(demo_data / "sample_submission.csv")
+    validate(sub, sample)  # the sample's ids in its order
+    assert list(sub.columns) == ["pair_id", "similar"] and set(sub["similar"]) <= {0, 1}
+    # the cut tuned on the OOF is the one submit used
+    preds = pd.read_csv(run.test_preds_path)
+    assert (sub["similar"].to_numpy() == (preds["pred"] >= run.threshold()).astype(int).to_numpy()).all()
+
+
+def test_pairs_score_the_same_both_ways_and_infer_takes_any_test_file(tiny_runs, demo_data, tmp_path):
+    from common import cli
+    test = pd.read_csv(demo_data / "test.csv").head(6)
+    test.loc[0, "code1"] = ""  # an empty program is scored
+    forward, backward = tmp_path / "forward.csv", tmp_path / "backward.csv"
+    test.to_csv(forward, index=False)
+    test.rename(columns={"code1": "code2", "code2": "code1"})[["pair_id", "code1", "code2"]].to_csv(backward, index=False)
+    from common import api
+    for name, run in tiny_runs.items():
+        sa, sb = (api.predict(TASK, run, f, data_dir=str(demo_data)) for f in (forward, backward))
+        assert np.allclose(sa["pred"], sb["pred"], atol=1e-5), name  # swap TTA (cross), symmetric (bi)
+    run = tiny_runs["cross"]
+    out = cli.infer(TASK, ["run_name=cross", f"runs_dir={run.dir.parent.parent}", f"data_dir={demo_data}",
+                           f"test_file={forward}", f"out={tmp_path}/preds.csv"])
+    preds = pd.read_csv(out)
+    assert list(preds.columns) == ["pair_id", "similar"] and len(preds) == 6 and set(preds["similar"]) <= {0, 1}
+
+
+def test_bi_encoder_embeds_each_distinct_program_once(tiny_runs, demo_data):
+    from common.predict import fold_context, load_fold_model
+    from common.task import model_inputs
+    run = tiny_runs["bi"]
+    cfg = run.config([f"data_dir={demo_data}"])
+    test = TASK.load_test(cfg, demo_data / "test.csv")
+    ctx = fold_context(TASK, cfg, run, 0)
+    model = load_fold_model(TASK, cfg, run, ctx, 1).eval()
+    embedded = []
+    model.backbone.register_forward_hook(lambda m, args, kwargs, out: embedded.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)
+    loader = torch.utils.data.DataLoader(TASK.dataset(cfg, test, "test", ctx), batch_size=8,
+                                         collate_fn=TASK.collate_fn(cfg, ctx))
+    with torch.no_grad():
+        for batch in loader:
+            model(**model_inputs(batch))
+    distinct = pd.concat([test["code1"], test["code2"]]).nunique()
+    assert sum(embedded) == distinct < 2 * len(test)
+
+
+def test_experiment_configs_load():
+    for path in sorted((Path(TASK.config_path).parent / "experiments").glob("*.yaml")):
+        cfg = TASK.config([f"experiment={path.stem}"])
+        assert cfg.encoder in ("cross", "bi") and cfg.model, path.name
