@@ -40,7 +40,12 @@ def require_range(df: pd.DataFrame, column: str, lo: float, hi: float, path: str
     if len(bad):
         row = bad[0]
         raise DataError(f"{path}: column {column!r} must be numbers in [{lo}, {hi}]; "
-                        f"{len(bad)} row(s) are not, the first at data row {row + 1}: {df.loc[row, column]!r}")
+                        f"{len(bad)} row(s) are not, the first at data row {row + 1}: {plain(df.loc[row, column])!r}")
+
+
+def plain(value):
+    """A cell as a user wrote it: numpy scalars as Python ones (nan, 3, not np.float64(nan), np.int64(3))."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @contextmanager

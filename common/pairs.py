@@ -12,18 +12,33 @@
 - `pair_batch`: the collation for BiEncoder: the distinct items of a batch, padded once, and two index vectors.
 - `SpecialTokens`, `fair_budget`, `head_tail`: a cross-encoder's pair input from pre-tokenized sides, the token
   budget split fairly between the two texts, each cut to its head and tail (tokenize each distinct text once).
+- `PairTextTask`: the family of pair-of-texts competitions built on the above. A competition supplies its corpus
+  (texts grouped by a label) and names its columns; the family scores fixed pairs drawn per group (`scored_pairs`),
+  folds over groups (`group_folds`; a pair across two folds is in none), mines BM25 hard negatives per training
+  fold, re-draws training pairs every epoch, and trains a cross-encoder or a bi-encoder (`encoder=`).
 """
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import combinations
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+from omegaconf import DictConfig
 from rank_bm25 import BM25Okapi
 from scipy import sparse
 from torch import nn
+
+from common.errors import ConfigError, DataError
+from common.folds import FoldSpec, make_folds
+from common.io import read_csv, write_csv
+from common.submission import check_sample_ids
+from common.task import TARGET, read_frame
+from common.text import SWAP, TEXT_DEFAULTS, PaddingCollator, TextTask, load_tokenizer
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
 
@@ -273,3 +288,308 @@ class BiEncoder(nn.Module):
                         self.cache[int(keys[r])] = e.detach()
             emb = torch.stack([self.cache[int(k)] for k in keys.tolist()])
         return (emb[a] * emb[b]).sum(-1, keepdim=True)
+
+
+# ---- fixed scored pairs and folds over groups ---------------------------------------------------------------------
+def _made_up(groups: pd.Series, prefix: str | None) -> pd.Series:
+    """Which groups were made up for labelled pairs' texts that match no corpus item (their names start with prefix)."""
+    return groups.astype(str).str.startswith(prefix) if prefix else pd.Series(False, index=groups.index)
+
+
+def group_folds(groups: Sequence, n_folds: int, seed: int, made_up_prefix: str | None = None,
+                noun: str = "group") -> dict:
+    """group -> fold. The corpus's groups are split K-fold (shuffled with seed, sizes within one); made-up groups
+    (see _made_up) take a fold from a hash of their name, so they come and go without moving the others."""
+    groups = pd.Series(pd.Series(groups).unique())
+    made_up = _made_up(groups, made_up_prefix)
+    real = groups[~made_up].reset_index(drop=True)
+    if len(real) < n_folds:
+        raise DataError(f"{len(real)} {noun}s cannot fill {n_folds} folds (folds are drawn over {noun}s)")
+    fold_of = dict(zip(real, make_folds(pd.DataFrame({noun: real}), FoldSpec(), n_folds, seed).tolist()))
+    for g in groups[made_up]:
+        digest = hashlib.blake2b(f"{seed}:{g}".encode(), digest_size=8).digest()
+        fold_of[g] = int.from_bytes(digest, "little") % n_folds
+    return fold_of
+
+
+def scored_pairs(corpus: pd.DataFrame, fold_of: dict, per_group: int, seed: int, item: str = "item",
+                 group: str = "group", id_column: str = "pair_id", target: str = "similar",
+                 made_up_prefix: str | None = None) -> pd.DataFrame:
+    """Balanced, seeded pairs of corpus items: per group, its same-group pairs (at most per_group, drawn at random)
+    and as many negatives, each an item of the group with an item of another group in the same fold. Sides are put
+    in random order. Columns: id_column ('<item1>|<item2>'), item1, item2, group1, group2, target (1 same group)."""
+    rng = np.random.default_rng(seed)
+    real = corpus[~_made_up(corpus[group], made_up_prefix)]
+    by_group = {g: rows[item].tolist() for g, rows in real.groupby(group, sort=True)}
+    by_fold: dict[int, list] = {}
+    for g in by_group:
+        by_fold.setdefault(fold_of[g], []).append(g)
+    group_of = dict(zip(real[item], real[group]))
+    rows = []
+    for g, items in by_group.items():
+        positives = list(combinations(items, 2))
+        if len(positives) > per_group:
+            positives = [positives[i] for i in sorted(rng.choice(len(positives), per_group, replace=False))]
+        others = [h for h in by_fold[fold_of[g]] if h != g] or [h for h in by_group if h != g]
+        negatives = []
+        for _ in positives:
+            h = others[rng.integers(len(others))]
+            negatives.append((items[rng.integers(len(items))], by_group[h][rng.integers(len(by_group[h]))]))
+        for (i1, i2), y in [(pair, 1) for pair in positives] + [(pair, 0) for pair in negatives]:
+            if rng.random() < 0.5:
+                i1, i2 = i2, i1
+            rows.append({id_column: f"{i1}|{i2}", f"{item}1": i1, f"{item}2": i2, f"{group}1": group_of[i1],
+                         f"{group}2": group_of[i2], target: y})
+    pairs = pd.DataFrame(rows)
+    return pairs.drop_duplicates(id_column).reset_index(drop=True)
+
+
+# ---- pairs -> model inputs ----------------------------------------------------------------------------------------
+def distinct_texts(df: pd.DataFrame, columns: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each distinct text of the two columns once, and the positions of every row's two sides among them."""
+    first, second = columns
+    texts = pd.concat([df[first], df[second]], ignore_index=True).fillna("").astype(str)
+    position, distinct = pd.factorize(texts)
+    return list(distinct), position[:len(df)], position[len(df):]
+
+
+def tokenize_all(tokenizer, texts: list[str], chunk: int = 2048) -> list[list[int]]:
+    """Token ids of every text, no special tokens, no truncation (head+tail cuts later)."""
+    import transformers
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "longer than the maximum length": we cut later
+    try:
+        out = []
+        for s in range(0, len(texts), chunk):
+            out += tokenizer(texts[s:s + chunk], add_special_tokens=False)["input_ids"]
+        return out
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+class PairTextDataset(torch.utils.data.Dataset):
+    """Pairs of texts for either encoder. Each distinct text is tokenized once (in one batched call).
+
+    Scoring (valid/test): item k is the pair at order[k], longest first, so batches hold similar lengths (less
+    padding); its 'index' is the pair's row, which is where the engine puts the prediction. Training: item
+    (i, j, label) from PairSampler, i and j positions among the texts.
+    cross: input_ids of [CLS] a [SEP] b [SEP], the budget max_len split fairly, each side cut to head + tail
+    (and the swapped pair under swap_ keys for TTA). bi: each side's ids (max_len each) and content key."""
+
+    def __init__(self, tokenizer, texts: list[str], encoder: str, max_len: int, head_share: float = 0.5,
+                 a=None, b=None, targets=None, swap: bool = False):
+        self.encoder, self.max_len, self.head_share, self.swap = encoder, int(max_len), head_share, swap
+        self.special = SpecialTokens(tokenizer)
+        extra = self.special.pair_extra if encoder == "cross" else self.special.single_extra
+        self.budget = self.max_len - extra
+        if self.budget < 2:
+            raise ConfigError(f"max_len={self.max_len} leaves no room for text after {extra} special tokens")
+        self.ids = tokenize_all(tokenizer, texts)
+        self.keys = [text_key(t) for t in texts]
+        self.a, self.b, self.targets = a, b, targets
+        if a is not None:
+            cost = np.array([len(i) for i in self.ids])
+            self.order = np.argsort(-(cost[a] + cost[b]) if encoder == "cross" else -np.maximum(cost[a], cost[b]),
+                                    kind="stable")
+
+    def __len__(self):
+        return 0 if self.a is None else len(self.a)
+
+    def __getitem__(self, k):
+        if isinstance(k, tuple):  # training: (i, j, label) from the sampler
+            i, j, label = k
+            item = self.encode(i, j)
+            item.update(index=0, target=float(label))
+            return item
+        row = int(self.order[k])
+        item = self.encode(int(self.a[row]), int(self.b[row]))
+        if self.swap:
+            item.update({f"{SWAP}{key}": v for key, v in self.encode(int(self.b[row]), int(self.a[row])).items()})
+        item["index"] = row
+        if self.targets is not None:
+            item["target"] = float(self.targets[row])
+        return item
+
+    def encode(self, i: int, j: int) -> dict:
+        if self.encoder == "bi":
+            return {"ids_a": self.special.single(head_tail(self.ids[i], self.budget, self.head_share)),
+                    "ids_b": self.special.single(head_tail(self.ids[j], self.budget, self.head_share)),
+                    "key_a": self.keys[i], "key_b": self.keys[j]}
+        n_a, n_b = fair_budget(len(self.ids[i]), len(self.ids[j]), self.budget)
+        return self.special.pair(head_tail(self.ids[i], n_a, self.head_share),
+                                 head_tail(self.ids[j], n_b, self.head_share))
+
+
+# ---- the pair-text family -----------------------------------------------------------------------------------------
+# Config keys of every pair-of-texts competition, on top of the text family's.
+PAIR_DEFAULTS = {
+    **TEXT_DEFAULTS,
+    "encoder": "cross",          # cross: text1 [SEP] text2 -> logit | bi: cosine of two text embeddings
+    "head_share": 0.5,           # head+tail truncation: share of a text's token budget kept from its start
+    # the fixed scored pairs (OOF rows)
+    "valid_positives": 10,       # per group, at most this many of its same-group pairs; as many negatives
+    # training pairs, re-drawn every epoch from the fold's training items
+    "pairs_per_epoch": 4000,     # pairs drawn per epoch (an epoch's length)
+    "positive_share": 0.5,       # share of positives among them
+    "hard_negatives": 5,         # BM25 top-k of other groups mined per training item (0: random negatives only)
+    "hard_share": 0.5,           # share of negatives drawn from an item's hard negatives (the rest: random)
+    "margin": 0.5,               # bi-encoder, loss=contrastive: negatives are pushed below this cosine
+}
+
+
+class PairTextTask(TextTask):
+    """"Do these two texts belong together?", learned from a corpus of texts grouped by a label.
+
+    The unit the leaderboard scores is a pair, so the train frame is a fixed, seeded set of scored pairs built from
+    the corpus (scored_pairs); folds are drawn over groups and a pair takes its groups' fold (-1 when they differ:
+    no group, so no item, is on both sides of a split). Training does not walk those rows: each fold mines BM25
+    hard negatives among its training items (fit_fold) and a PairSampler draws `pairs_per_epoch` fresh pairs every
+    epoch from ctx.generator. encoder=cross (one transformer over both texts, a fair head+tail token budget,
+    pair-swap TTA) or encoder=bi (one embedding per text, cosine; each distinct text embedded once at inference).
+
+    A competition implements `corpus` (and `clean_text` if texts are normalised), names its columns, and sets
+    `made_up_prefix` if its corpus has groups made up for labelled pairs (they get no scored pairs of their own)."""
+
+    kind = "binary"              # one logit (cross) or one cosine (bi)
+    item_column = "item"         # an item's unique name in the corpus
+    group_column = "group"       # the label items are grouped by: same group = a positive pair
+    text_column = "text"         # the corpus's text; a pair's two texts are <text_column>1 and <text_column>2
+    made_up_prefix: str | None = None
+    pool_file = "pairs_pool.csv"  # a fold's training items, their groups and BM25 hard negatives (fit_fold)
+    config_defaults = PAIR_DEFAULTS
+
+    def corpus(self, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """(items: item_column, group_column, text_column; labelled pairs in load_train's format or None). Called
+        by every fold and loader: cache it; callers do not modify it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement corpus()")
+
+    def clean_text(self, cfg: DictConfig) -> Callable[[object], str]:
+        """How a test file's text is prepared, the same way as the corpus's (an empty cell: '')."""
+        return lambda text: "" if pd.isna(text) else str(text)
+
+    @property
+    def pair_columns(self) -> tuple[str, str]:
+        return f"{self.text_column}1", f"{self.text_column}2"
+
+    # ---- data ---------------------------------------------------------------------------------
+    def load_train(self, cfg: DictConfig) -> pd.DataFrame:
+        corpus, extra = self.corpus(cfg)
+        item, group = self.item_column, self.group_column
+        fold_of = group_folds(corpus[group], cfg.folds, cfg.fold_seed, self.made_up_prefix, noun=group)
+        pairs = scored_pairs(corpus, fold_of, cfg.valid_positives, cfg.fold_seed, item, group, self.id_column,
+                             self.target_column, self.made_up_prefix)
+        if extra is not None:
+            pairs = pd.concat([pairs, extra], ignore_index=True)
+        text = dict(zip(corpus[item], corpus[self.text_column]))
+        for side, column in zip("12", self.pair_columns):
+            pairs[column] = pairs[f"{item}{side}"].map(text)
+        pairs["fold1"], pairs["fold2"] = pairs[f"{group}1"].map(fold_of), pairs[f"{group}2"].map(fold_of)
+        return pairs
+
+    def folds(self, cfg: DictConfig, train: pd.DataFrame) -> np.ndarray:
+        """A pair's fold is its groups' fold (drawn over groups in load_train); -1 when they differ."""
+        return np.where(train["fold1"] == train["fold2"], train["fold1"], -1).astype(int)
+
+    def load_test(self, cfg: DictConfig, path: Path) -> pd.DataFrame:
+        df = read_frame(path, [self.id_column, *self.pair_columns], id_column=self.id_column)
+        if Path(path).resolve() == (self.data_dir(cfg) / self.test_file).resolve():
+            # the competition's own test file must list the sample submission's pairs (any other file: anything)
+            check_sample_ids(df, path, self.sample_submission_path(cfg), self.id_column)
+        clean = self.clean_text(cfg)
+        for col in self.pair_columns:  # an empty cell is an empty text: scored, not an error
+            df[col] = [clean(t) for t in df[col].tolist()]
+        return df
+
+    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list:
+        return list(zip(*(df[c] for c in self.pair_columns)))
+
+    # ---- per fold: the training items and their hard negatives ----------------------------------
+    def fit_fold(self, cfg: DictConfig, train: pd.DataFrame, fold_dir: Path) -> pd.DataFrame:
+        """The training items are every item of the groups in the fold's training rows (the groups of other folds:
+        none of them has an item in this fold's scored pairs); BM25 mines hard negatives among them only."""
+        corpus, _ = self.corpus(cfg)
+        item, group = self.item_column, self.group_column
+        groups = set(train[f"{group}1"]) | set(train[f"{group}2"])
+        pool = corpus[corpus[group].isin(groups)].reset_index(drop=True)
+        hard = bm25_hard_negatives([word_tokens(t) for t in pool[self.text_column]], pool[group].to_numpy(),
+                                   cfg.hard_negatives)
+        pool["hard"] = [" ".join(pool[item].iloc[h].tolist()) for h in (row[row >= 0] for row in hard)]
+        write_csv(pool[[item, group, "hard"]], Path(fold_dir) / self.pool_file)
+        return self.load_fold(cfg, fold_dir)
+
+    def load_fold(self, cfg: DictConfig, fold_dir: Path) -> pd.DataFrame | None:
+        path = Path(fold_dir) / self.pool_file
+        if not path.is_file():
+            return None  # runs without it predict just the same (the pool is for training only)
+        return read_csv(path, keep_default_na=False)
+
+    # ---- network ------------------------------------------------------------------------------
+    def encoder(self, cfg: DictConfig) -> str:
+        if cfg.encoder not in ("cross", "bi"):
+            raise ConfigError(f"encoder must be cross or bi, got {cfg.encoder!r}")
+        return cfg.encoder
+
+    def dataset(self, cfg, df, mode, ctx):
+        tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
+        encoder = self.encoder(cfg)
+        if mode == "train":  # the fold's pool; items come from train_sampler as (i, j, label)
+            corpus, _ = self.corpus(cfg)
+            text = dict(zip(corpus[self.item_column], corpus[self.text_column]))
+            texts = [text[name] for name in ctx.state[self.item_column]]
+            return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share)
+        texts, a, b = distinct_texts(df, self.pair_columns)
+        targets = df[TARGET].to_numpy(dtype=np.float32) if TARGET in df else None
+        swap = bool(cfg.tta) and mode == "test" and encoder == "cross"  # the engine scores OOF without TTA
+        return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share, a, b, targets, swap)
+
+    def train_sampler(self, cfg, train, ctx):
+        pool = ctx.state
+        index = {name: i for i, name in enumerate(pool[self.item_column])}
+        hard = np.full((len(pool), max(int(cfg.hard_negatives), 1)), -1, dtype=np.int64)
+        for i, names in enumerate(pool["hard"]):
+            row = [index[n] for n in str(names).split()]
+            hard[i, :len(row)] = row
+        return PairSampler(pool[self.group_column].to_numpy(), cfg.pairs_per_epoch, cfg.positive_share, hard,
+                           cfg.hard_share, ctx.generator)
+
+    def collate_fn(self, cfg, ctx):
+        tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
+        if self.encoder(cfg) == "bi":
+            return lambda items: pair_batch(items, tokenizer.pad_token_id)
+        return PaddingCollator(tokenizer)
+
+    def build_model(self, cfg, n_outputs, ctx, pretrained):
+        model = super().build_model(cfg, n_outputs, ctx, pretrained)
+        if self.encoder(cfg) == "bi":
+            return BiEncoder(model.backbone)  # the cross-encoder's head is not used
+        return model
+
+    def loss_name(self, cfg: DictConfig) -> str:
+        if self.encoder(cfg) == "cross":
+            return super().loss_name(cfg)
+        name = cfg.loss or "cosine"
+        if name not in ("cosine", "contrastive"):
+            raise ConfigError(f"encoder=bi takes loss=cosine (sentence-transformers' CosineSimilarityLoss: MSE of "
+                              f"the cosine to the 0/1 label) or loss=contrastive, got {name!r}")
+        return name
+
+    def loss_fn(self, cfg, train, ctx):
+        name = self.loss_name(cfg)
+        if name == "cosine":
+            return lambda cos, y: nn.functional.mse_loss(cos.view(-1).float(), y.float())
+        if name == "contrastive":  # sentence-transformers' ContrastiveLoss on the cosine distance
+            def contrastive(cos, y):
+                d, y = 1 - cos.view(-1).float(), y.float()
+                return 0.5 * (y * d.pow(2) + (1 - y) * nn.functional.relu(cfg.margin - d).pow(2)).mean()
+            return contrastive
+        return super().loss_fn(cfg, train, ctx)
+
+    def activate(self, cfg, logits):
+        if self.encoder(cfg) == "bi":  # the cosine, trained towards the 0/1 label: 0.5 is its natural cut
+            return logits.float().view(-1, 1).clamp(0, 1)
+        return super().activate(cfg, logits)
+
+    def tta_views(self, cfg, batch):
+        if self.encoder(cfg) == "bi":
+            return [batch]  # cos(a, b) = cos(b, a): symmetric by construction
+        return super().tta_views(cfg, batch)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from common.errors import SubmissionError
-from common.io import read_csv, write_csv
+from common.errors import DataError, SubmissionError
+from common.io import plain, read_csv, require_columns, write_csv
 
 
 def fill_sample(sample_path: str | Path, ids, values, out_path: str | Path) -> Path:
@@ -50,7 +51,7 @@ def validate(submission: pd.DataFrame | str | Path, sample: pd.DataFrame | str |
     if differs.any():
         row = int(differs.argmax())
         raise SubmissionError(f"{where}id order differs from the sample at row {row + 1}: "
-                              f"{submission[id_col].iloc[row]!r} vs {sample[id_col].iloc[row]!r}")
+                              f"{plain(submission[id_col].iloc[row])!r} vs {plain(sample[id_col].iloc[row])!r}")
     nan = submission[target_col].isna()
     if nan.any():
         raise SubmissionError(f"{where}{int(nan.sum())} NaN in {target_col!r}, the first at row {int(nan.argmax()) + 1}")
@@ -58,3 +59,25 @@ def validate(submission: pd.DataFrame | str | Path, sample: pd.DataFrame | str |
     if numeric_sample and not pd.api.types.is_numeric_dtype(submission[target_col]):
         raise SubmissionError(f"{where}{target_col!r} must be numeric like the sample's, "
                               f"got {submission[target_col].dtype}")
+
+
+def check_sample_ids(test: pd.DataFrame, path: str | Path, sample_path: str | Path, id_column: str) -> None:
+    """A competition's test file must list the sample submission's ids in the same order (no sample: nothing to
+    check). Checked when the test is read, so a mismatch stops before inference rather than at submit."""
+    sample_path = Path(sample_path)
+    if not sample_path.is_file():
+        return
+    sample = read_csv(sample_path)
+    require_columns(sample, [id_column], sample_path)
+    ids, expected = test[id_column].astype(str).to_numpy(), sample[id_column].astype(str).to_numpy()
+    n = min(len(ids), len(expected))
+    differs = np.flatnonzero(ids[:n] != expected[:n])
+    if len(differs):
+        row = int(differs[0])
+        raise DataError(f"{path}: data row {row + 1} has {id_column} {ids[row]!r} where {sample_path} has "
+                        f"{expected[row]!r} (the test file and the sample submission must list the same ids in the "
+                        f"same order)")
+    if len(ids) != len(expected):
+        longer, shorter = (path, sample_path) if len(ids) > len(expected) else (sample_path, path)
+        raise DataError(f"{longer}: data row {n + 1} onwards ({abs(len(ids) - len(expected))} rows) are not in "
+                        f"{shorter}")

@@ -32,7 +32,7 @@ from torch import nn
 
 from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
-from common.io import read_csv, require_columns
+from common.io import plain, read_csv, require_columns
 
 TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
 BOOKKEEPING = ("index", "target")  # batch keys that are not model inputs
@@ -221,6 +221,7 @@ def read_frame(path: Path, columns: list[str], id_column: str | None = None) -> 
     if id_column:
         dup = df[id_column].duplicated()
         if dup.any():
-            raise DataError(f"{path}: id {df[id_column][dup].iloc[0]!r} in column {id_column!r} appears twice "
+            first = plain(df[id_column][dup].iloc[0])
+            raise DataError(f"{path}: id {first!r} in column {id_column!r} appears twice "
                             f"(data row {int(dup.to_numpy().argmax()) + 1})")
     return df
