@@ -102,7 +102,7 @@ def shared_oof(task: Task, runs: list[Run]) -> list[pd.DataFrame]:
             moved = (folds.reindex(ref_folds.index) != ref_folds).sum()
             raise DataError(f"run {run.name} does not share the folds of run {ref.name} ({moved} of "
                             f"{len(ref_folds)} rows in another fold or missing): blend runs made with the same data, "
-                            f"seed, folds and limit")
+                            f"fold_seed, folds and limit (or folds_from=)")
         if not run.oof_path.is_file():
             raise NotFound(f"run {run.name} has no {run.oof_path.name}; has it finished training?")
         oof = read_csv(run.oof_path)

@@ -178,15 +178,15 @@ def slug(text: str) -> str:
 
 
 def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path, Path]:
-    """out/dataset and out/kernel, rebuilt from scratch."""
+    """out/dataset and out/kernel, rebuilt from scratch in out/.build.tmp and swapped in (publish_folders)."""
     dataset_slug = slug(settings.dataset or f"{task.name}-{run.name}-kit")
     kernel_slug = slug(settings.kernel or f"{task.name}-{run.name}-infer")
     for name, value in (("dataset", dataset_slug), ("kernel", kernel_slug)):
         if not 6 <= len(value) <= 50:  # the kaggle CLI's limits, checked here rather than after an upload
             raise KaggleError(f"{name} slug {value!r} must have 6 to 50 characters; pass kaggle.{name}=<slug>")
-    dataset_dir, kernel_dir = out / "dataset", out / "kernel"
-    for folder in (dataset_dir, kernel_dir):
-        shutil.rmtree(folder, ignore_errors=True)
+    staging = out / ".build.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    dataset_dir, kernel_dir = staging / "dataset", staging / "kernel"
     runs = bundle_runs(task, run, dataset_dir / "runs" / task.name)
     copy_tree(KIT_ROOT / "common", dataset_dir / "kit" / "common")
     for name in ("__init__.py", "__main__.py", task.name):
@@ -209,9 +209,27 @@ def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path,
         "competition_sources": [task.kaggle_competition] if task.kaggle_competition else [],
         "kernel_sources": [], "model_sources": [],
     }, indent=2) + "\n")
+    dataset_dir, kernel_dir = publish_folders(staging, out)
     size = sum(f.stat().st_size for f in dataset_dir.rglob("*") if f.is_file()) / 2**20
     print(f"dataset folder: {dataset_dir} ({size:.1f} MiB; runs {', '.join(runs)})\nkernel folder: {kernel_dir}")
     return dataset_dir, kernel_dir
+
+
+def publish_folders(staging: Path, out: Path) -> tuple[Path, Path]:
+    """Swap the built dataset/ and kernel/ folders into out by renames, so a killed push never leaves a half-built
+    folder there for `kaggle datasets create -p` to upload: each folder in out is complete, and a kernel folder is
+    only there with its own dataset folder."""
+    trash = out / ".old.tmp"
+    shutil.rmtree(trash, ignore_errors=True)
+    trash.mkdir(parents=True)
+    for name in ("kernel", "dataset"):
+        if (out / name).exists():
+            (out / name).rename(trash / name)
+    for name in ("dataset", "kernel"):
+        (staging / name).rename(out / name)
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return out / "dataset", out / "kernel"
 
 
 def bundle_runs(task, run, dest: Path) -> list[str]:
@@ -241,6 +259,8 @@ def is_secret(path: Path) -> bool:
 
 def copy_tree(src: Path, dest: Path) -> None:
     """Copy a file or folder, leaving out caches and anything that looks like a secret (said aloud)."""
+    if fnmatch.fnmatch(src.name, ".*.tmp"):  # what a killed atomic write left behind (common/io.py atomic_path)
+        return
     if is_secret(src):
         print(f"left out of the bundle (looks like a secret): {src}")
         return
