@@ -77,6 +77,8 @@ RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir
 RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
 ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
               "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None}
+# Runs from before the tricks trained without them.
+ADDED_KEYS.update({key: (lambda default: lambda cfg: default)(value) for key, value in TRICK_DEFAULTS.items()})
 
 
 def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namespace:

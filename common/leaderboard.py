@@ -73,8 +73,8 @@ def runs_table(task: Task, runs_dir: str | Path = "runs", sort: str | None = Non
         raise NotFound(f"no runs in {parent}; train one first (make {task.name}-train)")
     submissions_dir = Path(submissions_dir or Path("submissions") / task.name)
     rows, configs = zip(*(run_row(task, run, submissions_dir) for run in runs))
-    table = pd.concat([pd.DataFrame(rows), pd.DataFrame(configs).add_prefix("cfg.")], axis=1)
-    table.columns = [c[4:] if c.startswith("cfg.") and c[4:] not in FIXED_COLUMNS else c for c in table.columns]
+    configs = pd.DataFrame(configs).drop(columns=["epochs"], errors="ignore").rename(columns={"folds": "n_folds"})
+    table = pd.concat([pd.DataFrame(rows), configs], axis=1)
     if where:
         try:
             table = table.query(where)
