@@ -93,7 +93,7 @@ def make_dataset(dest: Path, n_cases: int = 8, days: int = 8, n_test: int = 12, 
 
 def main(argv: list[str]) -> None:
     demo.run(GrowthTask(), make_dataset, argv,
-             defaults=["image_size=64", "epochs=3", "folds=4", "batch_size=16", "tta=false", "model_kind=fusion"])
+             defaults=["folds=4"])  # the default model (gbm: NMAE 0.20 here; fusion at 64 px, 3 epochs: 0.94)
 
 
 if __name__ == "__main__":
