@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -458,10 +459,10 @@ class PairTextTask(TextTask):
     pool_file = "pairs_pool.csv"  # a fold's training items, their groups and BM25 hard negatives (fit_fold)
     config_defaults = PAIR_DEFAULTS
 
+    @abstractmethod
     def corpus(self, cfg: DictConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """(items: item_column, group_column, text_column; labelled pairs in load_train's format or None). Called
         by every fold and loader: cache it; callers do not modify it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement corpus()")
 
     def clean_text(self, cfg: DictConfig) -> Callable[[object], str]:
         """How a test file's text is prepared, the same way as the corpus's (an empty cell: '')."""

@@ -283,8 +283,8 @@ class FeatureCache:
         if entry.is_file():
             try:
                 return json.loads(entry.read_text())
-            except json.JSONDecodeError:
-                pass  # a torn entry from a killed writer: recompute
+            except json.JSONDecodeError:  # a torn entry from a killed writer: dropped and recomputed below
+                entry.unlink(missing_ok=True)
         row = compute(path)
         with atomic_path(entry) as tmp:
             Path(tmp).write_text(json.dumps(row))

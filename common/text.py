@@ -3,6 +3,7 @@ with a pooling head, datasets, dynamic padding, pair-swap TTA."""
 from __future__ import annotations
 
 import shutil
+from abc import abstractmethod
 from pathlib import Path
 
 import pandas as pd
@@ -168,10 +169,10 @@ class TextTask(Task):
 
     config_defaults = TEXT_DEFAULTS
 
+    @abstractmethod
     def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list:
         """One model input per row: a string, or a (text, text) pair tokenized as a pair. sep is the tokenizer's
         separator token, for joining several fields into one string."""
-        raise NotImplementedError(f"{type(self).__name__} must implement texts()")
 
     def encode(self, cfg: DictConfig, tokenizer, text) -> dict:
         pair = (text,) if isinstance(text, str) else tuple(text)
