@@ -18,7 +18,7 @@ run_arg = $(if $(RUN),run_name=$(RUN))
 kit = $(PY) -m competitions
 
 TARGETS := $(foreach c,$(COMPETITIONS),$(foreach k,$(COMMANDS),$(c)-$(k)))
-.PHONY: setup demo test $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) \
+.PHONY: setup demo test bench $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) \
 	$(addsuffix -runs,$(COMPETITIONS)) $(addsuffix -dashboard,$(COMPETITIONS)) armyworm-gradcam
 
 setup: $(STAMP)
@@ -31,7 +31,10 @@ $(STAMP): requirements.txt
 demo: $(addsuffix -demo,$(DEMOS))
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests benchmarks
+
+bench: $(STAMP)   # ratios of the kit against the plain way (benchmarks/, minutes): benchmarks/results.md
+	$(PY) -m benchmarks $(ARGS)
 
 $(addsuffix -demo,$(COMPETITIONS)): %-demo: $(STAMP)
 	$(kit) $* demo $(ARGS)

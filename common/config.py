@@ -43,8 +43,10 @@ ENGINE_DEFAULTS = {
     "model": None,
     "pretrained": True,         # pretrained weights that cannot be found are an error, never a silent random init
     "precision": "fp32",        # fp32 | bf16 | fp16 (Accelerate mixed precision)
+    "compile": False,           # torch.compile the model's forward: faster steps on a GPU after a compile warm-up
     "limit": None,              # train on a sample of N rows (drawn with fold_seed: quick experiments, tests)
-    "num_workers": 0,
+    "num_workers": 0,           # DataLoader worker processes (one thread each)
+    "num_threads": None,        # torch CPU threads of each process; null -> its share of the cores (common/threads.py)
     "tta": False,               # test-time augmentation at infer time (the task's views of each batch)
     "test_file": None,          # infer: any CSV in the competition's test format; null -> the competition's test file
     "out": None,                # infer: where to write predictions in the submission's format
@@ -69,14 +71,15 @@ TRICK_DEFAULTS = {
 ENGINE_DEFAULTS.update(TRICK_DEFAULTS)
 
 # Keys that may differ when an existing run is resumed or used for inference.
-RUNTIME_KEYS = {"num_workers", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
+RUNTIME_KEYS = {"num_workers", "num_threads", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
                 "tracker", "tracker_uri"}
 
 # Runs written before a key was renamed or added still load: old name -> new name, and the value that reproduces
 # what those runs did (fold_seed: folds were drawn with the training seed).
 RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
 ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
-              "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None}
+              "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None,
+              "num_threads": lambda cfg: None, "compile": lambda cfg: False}
 # Runs from before the tricks trained without them.
 ADDED_KEYS.update({key: (lambda default: lambda cfg: default)(value) for key, value in TRICK_DEFAULTS.items()})
 

@@ -501,7 +501,7 @@ class PairTextTask(TextTask):
             df[col] = [clean(t) for t in df[col].tolist()]
         return df
 
-    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list:
+    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str, state=None) -> list:
         return list(zip(*(df[c] for c in self.pair_columns)))
 
     # ---- per fold: the training items and their hard negatives ----------------------------------

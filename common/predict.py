@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from common.errors import NotFound
 from common.runs import Run
 from common.task import FoldContext, Task
+from common.threads import one_thread_worker
 from common.trainer import (
     ESTIMATOR_FILE,
     create_accelerator,
@@ -51,7 +52,8 @@ def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd
         else:
             accelerator = accelerator or create_accelerator(cfg)
             loader = DataLoader(task.dataset(cfg, test, "test", ctx), batch_size=cfg.batch_size, shuffle=False,
-                                collate_fn=task.collate_fn(cfg, ctx), num_workers=cfg.num_workers)
+                                collate_fn=task.collate_fn(cfg, ctx), num_workers=cfg.num_workers,
+                                worker_init_fn=one_thread_worker)
             model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, len(classes)), loader)
             preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=tta)
             accelerator.free_memory()

@@ -170,9 +170,10 @@ class TextTask(Task):
     config_defaults = TEXT_DEFAULTS
 
     @abstractmethod
-    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list:
+    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str, state=None) -> list:
         """One model input per row: a string, or a (text, text) pair tokenized as a pair. sep is the tokenizer's
-        separator token, for joining several fields into one string."""
+        separator token, for joining several fields into one string; state is what fit_fold / load_fold gave the
+        fold (None outside a fold)."""
 
     def encode(self, cfg: DictConfig, tokenizer, text) -> dict:
         pair = (text,) if isinstance(text, str) else tuple(text)
@@ -187,7 +188,7 @@ class TextTask(Task):
 
     def dataset(self, cfg, df, mode, ctx):
         tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
-        texts = self.texts(cfg, df, tokenizer.sep_token)
+        texts = self.texts(cfg, df, tokenizer.sep_token, ctx.state)
         targets = None
         if TARGET in df:
             targets = torch.tensor(df[TARGET].to_numpy(), dtype=torch.long if self.kind == "multiclass"
@@ -201,7 +202,7 @@ class TextTask(Task):
     def train_sampler(self, cfg, train, ctx):
         if not cfg.group_by_length:
             return None
-        return length_grouped_sampler(self.texts(cfg, train, "[SEP]"), cfg.batch_size, ctx.generator)
+        return length_grouped_sampler(self.texts(cfg, train, "[SEP]", ctx.state), cfg.batch_size, ctx.generator)
 
     def build_model(self, cfg, n_outputs, ctx, pretrained):
         return create_text_model(cfg.model, n_outputs, ctx.run_dir, pretrained, cfg.pooling, cfg.head_dropout,

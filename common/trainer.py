@@ -34,10 +34,12 @@ from common.io import atomic_path, read_csv, read_json, write_csv, write_json
 from common.metrics import get_metric, scores_with_threshold, tune_threshold
 from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
+from common.threads import configure_threads, one_thread_worker
 from common.tricks import AWP, create_ema, layer_scales
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
+BAR_EVERY = 10                   # batches between progress-bar loss updates (each one waits for the device)
 EMA_FILE = "ema.safetensors"     # the weights' moving average in a resume state (ema=)
 ESTIMATOR_FILE = "model.joblib"  # a fold's fitted estimator (Task.estimator), next to its state
 # on_evaluate(fold, epoch, score) is called after every epoch's evaluation; Optuna raises TrialPruned from it.
@@ -57,6 +59,7 @@ def create_accelerator(cfg: DictConfig, tracking: bool = False) -> Accelerator:
     # (tests, Optuna trials, a notebook). It has no public reset, hence the private one; the process group
     # (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    configure_threads(cfg)
     log_with = cfg.get("tracker", "none") if tracking else "none"
     if log_with not in TRACKERS:
         raise ConfigError(f"tracker must be one of {', '.join(TRACKERS)}, got {log_with!r}")
@@ -233,6 +236,8 @@ def train_fold(task: Task, cfg: DictConfig, accelerator: Accelerator, run: Run, 
     ctx = fit_context(task, cfg, accelerator, run, fold, trn)
     set_seed(cfg.seed + fold)
     model = task.build_model(cfg, len(classes), ctx, pretrained=cfg.pretrained)
+    if cfg.get("compile"):
+        model.compile()  # in place: the forward is compiled, parameter names (and checkpoints) stay the same
     train_dl, valid_dl = make_loaders(task, cfg, trn, val, ctx)
     loss_fn = task.loss_fn(cfg, trn, ctx)
     optimizer, scheduler = create_optimizer(cfg, model, len(train_dl))
@@ -261,9 +266,10 @@ def make_loaders(task: Task, cfg: DictConfig, trn: pd.DataFrame, val: pd.DataFra
     # generator=: each new iterator draws its workers' base seed from it, not from the global RNG, which a
     # mid-epoch resume has just restored (else dropout after a resume differs from the uninterrupted run).
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size, generator=ctx.generator)
+                          num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size, generator=ctx.generator,
+                          worker_init_fn=one_thread_worker)
     valid_dl = DataLoader(task.dataset(cfg, val, "valid", ctx), batch_size=cfg.batch_size, shuffle=False,
-                          collate_fn=collate, num_workers=cfg.num_workers)
+                          collate_fn=collate, num_workers=cfg.num_workers, worker_init_fn=one_thread_worker)
     return train_dl, valid_dl
 
 
@@ -306,7 +312,8 @@ class FoldLoop:
         self.metric = get_metric(task.metric)
         self.ema, self.awp = None, None
         self.state = {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "best_score": None, "best_epoch": None,
-                      "bad_evals": 0, "history": []}
+                      "bad_evals": 0, "history": [], "elapsed_s": 0.0}
+        self.clock = time.perf_counter()  # the fold's wall clock (continued after a resume): elapsed_s in history
 
     def resume(self) -> None:
         last = last_state_dir(self.fold_dir)
@@ -314,6 +321,7 @@ class FoldLoop:
             return
         self.accelerator.load_state(str(last))  # model, optimizer, scheduler and RNG states
         self.state.update(read_json(last / "trainer_state.json"))
+        self.clock = time.perf_counter() - self.state.get("elapsed_s", 0.0)
         if self.ema is not None:
             self.ema.load_state_dict(load_file(str(last / EMA_FILE)))
         where = f"batch {self.state['batch']} of epoch {self.state['epoch'] + 1}" if self.state["batch"] else \
@@ -334,6 +342,9 @@ class FoldLoop:
         self.model.train()
         bar = tqdm(loader, desc=f"fold {self.fold} epoch {epoch}/{cfg.epochs}", total=len(train_dl), initial=skip,
                    leave=False, disable=not accelerator.is_local_main_process)
+        # The loss is summed on the device and read back only for the progress bar, a tracker or a checkpoint:
+        # reading it every step (.item()) would make a GPU wait for each step to finish.
+        loss_sum = torch.tensor(state["loss_sum"], device=accelerator.device)
         for batch in bar:
             with accelerator.accumulate(self.model):
                 loss = self.task.train_loss(cfg, self.model, batch, self.loss_fn)
@@ -348,21 +359,28 @@ class FoldLoop:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             state["batch"] += 1
-            state["loss_sum"] += loss.detach().float().item()
-            bar.set_postfix(loss=f"{state['loss_sum'] / state['batch']:.4f}", refresh=False)
+            loss_sum += loss.detach().float()
+            if state["batch"] % BAR_EVERY == 0:
+                state["loss_sum"] = loss_sum.item()
+                bar.set_postfix(loss=f"{state['loss_sum'] / state['batch']:.4f}", refresh=False)
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
             if self.ema is not None:
                 self.ema.update(accelerator.unwrap_model(self.model), step=state["step"])
-            accelerator.log({f"fold{self.fold}/train_loss": loss.detach().float().item(),
-                             f"fold{self.fold}/lr": self.scheduler.get_last_lr()[0]}, step=state["step"])
+            if accelerator.trackers:
+                accelerator.log({f"fold{self.fold}/train_loss": loss.detach().float().item(),
+                                 f"fold{self.fold}/lr": self.scheduler.get_last_lr()[0]}, step=state["step"])
             last_batch = state["batch"] == len(train_dl)
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and not last_batch:
-                if self.evaluate(epoch):
-                    return self.end_epoch(epoch, stop=True)
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last_batch:
+            evaluate_now = cfg.eval_every and state["step"] % cfg.eval_every == 0 and not last_batch
+            checkpoint_now = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last_batch
+            if evaluate_now or checkpoint_now:
+                state["loss_sum"] = loss_sum.item()
+            if evaluate_now and self.evaluate(epoch):
+                return self.end_epoch(epoch, stop=True)
+            if checkpoint_now:
                 self.save_resume_state()
+        state["loss_sum"] = loss_sum.item()
         return self.end_epoch(epoch, stop=self.evaluate(epoch))
 
     def end_epoch(self, epoch: int, stop: bool) -> bool:
@@ -391,9 +409,10 @@ class FoldLoop:
         else:
             state["bad_evals"] += 1
         train_loss = state["loss_sum"] / max(state["batch"], 1)
+        state["elapsed_s"] = round(time.perf_counter() - self.clock, 3)
         state["history"].append({"fold": self.fold, "epoch": epoch, "step": state["step"], "train_loss": train_loss,
                                  "valid_loss": valid_loss, "score": score,
-                                 "lr": self.scheduler.get_last_lr()[0]})
+                                 "lr": self.scheduler.get_last_lr()[0], "elapsed_s": state["elapsed_s"]})
         self.accelerator.log({f"fold{self.fold}/valid_{metric.name}": score, f"fold{self.fold}/valid_loss": valid_loss,
                               f"fold{self.fold}/epoch": epoch}, step=state["step"])
         self.accelerator.print(f"fold {self.fold} epoch {epoch} step {state['step']}: train_loss {train_loss:.4f} "
@@ -402,6 +421,7 @@ class FoldLoop:
         return bool(self.cfg.patience) and state["bad_evals"] >= self.cfg.patience
 
     def save_resume_state(self) -> None:
+        self.state["elapsed_s"] = round(time.perf_counter() - self.clock, 3)
         extra = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else {}
         save_resume_state(self.accelerator, self.fold_dir, self.state, extra)
 

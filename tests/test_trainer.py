@@ -107,3 +107,28 @@ def test_optimizer_uses_head_lr_and_no_decay_on_biases(toy):
     groups = create_optimizer(config("lr=1e-4", "head_lr=1e-2", "weight_decay=0.1"), ToyModel(1), 10)[0].param_groups
     by_key = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
     assert by_key == {(1e-4, 0.1): 32, (1e-4, 0.0): 8, (1e-2, 0.1): 8, (1e-2, 0.0): 1}
+
+
+def test_compile_trains_and_saves_the_plain_parameter_names(toy):
+    from safetensors.torch import load_file
+    task, config = toy
+    cfg = config("run_name=compiled", "compile=true", "train_folds=[0]", "epochs=2", "lr=3e-2")
+    run = train(task, cfg)
+    assert np.isfinite(run.metrics()["cv"])
+    names = set(load_file(str(run.checkpoint(0))))
+    assert names == set(ToyModel(1).state_dict()), "a compiled model's checkpoint loads into the plain model"
+
+
+def test_num_threads_sets_torch_threads_and_the_default_shares_the_cores(toy, monkeypatch):
+    from common.errors import ConfigError
+    from common.threads import available_cores, configure_threads, default_threads
+    _, config = toy
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(config("num_threads=1")) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert default_threads() == max(1, available_cores() // 2)
+        with pytest.raises(ConfigError, match="num_threads must be a positive integer"):
+            configure_threads(config("num_threads=0"))
+    finally:
+        torch.set_num_threads(before)

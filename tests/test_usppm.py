@@ -163,3 +163,28 @@ def test_bad_test_file_is_named(workdir):
     path = write(workdir / "t.csv", "id,anchor,context\n1,a,A47\n")
     with pytest.raises(DataError, match=r"t.csv: missing column\(s\) 'target'"):
         TASK.load_test(TASK.config([f"data_dir={data}"]), path)
+
+
+def test_a_run_keeps_its_cpc_titles_so_infer_and_the_kaggle_bundle_need_not_the_training_path(tmp_path):
+    from common import api, kaggle
+    data = shared_data("usppm")
+    titles = tmp_path / "titles.csv"
+    real = pd.read_csv(data / "cpc_titles.csv")
+    real.to_csv(titles, index=False)
+    cfg = TASK.config([f"data_dir={data}", f"runs_dir={tmp_path / 'runs'}", "run_name=titled", "limit=60",
+                       "epochs=1", "folds=2", "max_len=32", f"cpc_titles={titles}"])
+    run = train(TASK, cfg)
+    test = tmp_path / "test.csv"
+    pd.read_csv(data / "test.csv").head(8).to_csv(test, index=False)
+    before = api.predict(TASK, run, test, runs_dir=str(tmp_path / "runs"))
+    titles.unlink()  # the training machine's file is gone (a Kaggle kernel never had it)
+    after = api.predict(TASK, run, test, runs_dir=str(tmp_path / "runs"))
+    pd.testing.assert_frame_equal(before, after)
+    for fold in (0, 1):
+        assert pd.read_csv(run.fold_dir(fold) / "cpc_titles.csv").equals(real)
+    state = TASK.load_fold(run.config(), run.fold_dir(0))
+    texts = TASK.texts(run.config(), pd.read_csv(test), "[SEP]", state)
+    code = pd.read_csv(test)["context"].iloc[0]
+    assert texts[0].endswith(f"{code} {state[code]}") and state[code] == real.set_index("code").title[code].lower()
+    kaggle.bundle_runs(TASK, run, tmp_path / "bundle")
+    assert (tmp_path / "bundle/titled/fold0/cpc_titles.csv").is_file()

@@ -2,6 +2,7 @@
 targets of the anchor). Tokenizer, cross-encoder, pooling, losses: the text family (common/text.py)."""
 from __future__ import annotations
 
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from common.folds import FoldSpec
-from common.io import require_range
+from common.io import atomic_path, require_range
 from common.task import read_frame
 from common.text import TEXT_DEFAULTS, TextTask
 
 INPUT_COLUMNS = ["id", "anchor", "target", "context"]
+TITLES_FILE = "cpc_titles.csv"  # a fold's copy of the run's cpc_titles=
 
 
 class UsppmTask(TextTask):
@@ -41,10 +43,25 @@ class UsppmTask(TextTask):
     def load_test(self, cfg: DictConfig, path: Path) -> pd.DataFrame:
         return read_frame(path, INPUT_COLUMNS, id_column="id")
 
-    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str) -> list[str]:
+    # The titles file a run trained with is copied into each fold, so infer, submit and the Kaggle kernel read that
+    # copy (the bundle keeps fold files), never the training machine's path.
+    def fit_fold(self, cfg: DictConfig, train: pd.DataFrame, fold_dir: Path) -> dict[str, str] | None:
+        if not cfg.cpc_titles:
+            return None
+        titles = cpc_titles(str(cfg.cpc_titles))  # read (and checked) before the copy is written
+        with atomic_path(fold_dir / TITLES_FILE) as tmp:
+            shutil.copyfile(cfg.cpc_titles, tmp)
+        return titles
+
+    def load_fold(self, cfg: DictConfig, fold_dir: Path) -> dict[str, str] | None:
+        copy = fold_dir / TITLES_FILE
+        return cpc_titles(str(copy)) if copy.is_file() else None
+
+    def texts(self, cfg: DictConfig, df: pd.DataFrame, sep: str, state=None) -> list[str]:
         context = df["context"].astype(str)
-        if cfg.cpc_titles:
-            context = context + " " + context.map(cpc_titles(cfg.cpc_titles)).fillna("")
+        titles = state if state is not None else (cpc_titles(str(cfg.cpc_titles)) if cfg.cpc_titles else None)
+        if titles is not None:
+            context = context + " " + context.map(titles).fillna("")
         parts = [df["anchor"].astype(str), df["target"].astype(str), context]
         if cfg.group_targets:
             parts.append(other_targets(df))

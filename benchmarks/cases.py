@@ -1,0 +1,291 @@
+"""The benchmarks of `make bench`, one function each. Every one compares two ways of doing the same work on the same
+model, data, batch size and threads, back to back in one process, and returns its lines for the table.
+
+Throughput of a training run is read from the fold's history.csv (elapsed_s at each epoch's end): the first epoch
+is the warm-up and is left out; the median of the later epochs is the figure. Each epoch's time includes its
+evaluation and its checkpoint, as a user's run pays them.
+
+    python -m benchmarks.cases trainer_text --size tiny --workdir /tmp/b --json /tmp/b/trainer_text.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from common import api
+from common.runs import Run
+from common.task import TARGET, model_inputs
+from common.text import PaddingCollator, load_tokenizer
+from common.threads import configure_threads
+from common.trainer import create_optimizer, fit_context, fold_split, load_train_frame
+from competitions.armyworm.task import ArmywormTask
+from competitions.usppm.task import UsppmTask
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# "full": what `make bench` runs (minutes on 2 cores); "tiny": the smoke test's sizes (seconds).
+SIZES = {
+    "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 4, "pad_anchors": 40,
+             "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 2000,
+             "infer_rows": 300, "repeats": 3},
+    "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
+             "pad_max_len": 64, "photos": 4, "photo_size": (600, 400), "passes": 2, "ddp_rows": 80,
+             "infer_rows": 16, "repeats": 2},
+}
+
+
+def line(bench: str, compared: str, unit: str, kit: float, baseline: float, goal: float | None,
+         kit_name: str = "kit", baseline_name: str = "baseline", note: str = "") -> dict:
+    ratio = kit / baseline if baseline else float("nan")
+    return {"bench": bench, "compared": compared, "unit": unit, "kit_name": kit_name, "kit": round(kit, 2),
+            "baseline_name": baseline_name, "baseline": round(baseline, 2), "ratio": round(ratio, 3),
+            "goal": goal, "met": None if goal is None else bool(ratio >= goal), "note": note}
+
+
+def epoch_seconds(run_dir: Path, fold: int = 0) -> list[float]:
+    """Wall time of each epoch after the first (warm-up), from the fold's history."""
+    elapsed = pd.read_csv(run_dir / f"fold{fold}" / "history.csv")["elapsed_s"].to_numpy()
+    return list(np.diff(elapsed))
+
+
+def trained_per_epoch(run_dir: Path, batch_size: int) -> int:
+    """Rows fold 0 trains on each epoch (the last partial batch is dropped, as the trainer does)."""
+    n = int((pd.read_csv(run_dir / "folds.csv")["fold"] != 0).sum())
+    return n // batch_size * batch_size if n > batch_size else n
+
+
+def kit_samples_per_s(task, overrides: list[str]) -> tuple[float, object]:
+    """Fold 0 trained by the kit (api.train), as a user runs it."""
+    cfg = task.config(overrides)
+    run = api.train(task, cfg)
+    return trained_per_epoch(run.dir, cfg.batch_size) / statistics.median(epoch_seconds(run.dir)), cfg
+
+
+def bare_samples_per_s(task, cfg, epochs: int) -> float:
+    """A plain PyTorch loop on the kit's fold-0 rows: same model, dataset, batch size, optimizer, clipping; no
+    Accelerate, hooks, progress bar, evaluation or checkpoint."""
+    run = Run(Path(cfg.runs_dir) / task.name / cfg.run_name)
+    train, classes = load_train_frame(task, cfg)
+    train["fold"] = pd.read_csv(run.folds_path)["fold"].to_numpy()
+    trn, _ = fold_split(task, cfg, train, 0)
+    ctx = fit_context(task, cfg, None, run, 0, trn)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(cfg, len(classes), ctx, pretrained=cfg.pretrained)
+    loss_fn = task.loss_fn(cfg, trn, ctx)
+    loader = torch.utils.data.DataLoader(task.dataset(cfg, trn, "train", ctx), batch_size=cfg.batch_size,
+                                         shuffle=True, collate_fn=task.collate_fn(cfg, ctx), drop_last=True)
+    optimizer, scheduler = create_optimizer(cfg, model, len(loader))
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for batch in loader:
+            loss = loss_fn(model(**model_inputs(batch)), batch["target"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return len(loader) * cfg.batch_size / statistics.median(times[1:])
+
+
+# ---- 1. trainer overhead --------------------------------------------------------------------------------
+def trainer_text(size: dict, workdir: Path) -> list[dict]:
+    task = UsppmTask()
+    common = [f"data_dir={SHARED / 'usppm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['text_rows']}",
+              "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", "max_len=64"]
+    kit, cfg = kit_samples_per_s(task, [*common, "run_name=trainer-text"])
+    bare = bare_samples_per_s(task, cfg, size["epochs"])
+    return [line("trainer overhead", "MiniLM on USPPPM pairs: the kit's loop / a bare PyTorch loop", "samples/s",
+                 kit, bare, 0.90, "kit loop", "bare loop")]
+
+
+def trainer_image(size: dict, workdir: Path) -> list[dict]:
+    task = ArmywormTask()
+    common = [f"data_dir={SHARED / 'armyworm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['image_rows']}",
+              "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", f"image_size={size['image_size']}"]
+    kit, cfg = kit_samples_per_s(task, [*common, "run_name=trainer-image"])
+    bare = bare_samples_per_s(task, cfg, size["epochs"])
+    return [line("trainer overhead", f"EfficientNet-Lite0 on armyworm, {size['image_size']} px: the kit's loop / "
+                 "a bare PyTorch loop", "samples/s", kit, bare, 0.90, "kit loop", "bare loop")]
+
+
+# ---- 2. dynamic padding ---------------------------------------------------------------------------------
+class PadToMax:
+    """A tokenizer whose pad() pads every batch to max_len: the baseline of the padding benchmark."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def pad(self, items, **kwargs):
+        return self.tokenizer.pad(items, padding="max_length", max_length=self.max_len, **kwargs)
+
+
+class UsppmPaddedToMax(UsppmTask):
+    def collate_fn(self, cfg, ctx):
+        return PaddingCollator(PadToMax(load_tokenizer(cfg.model, ctx.run_dir), cfg.max_len))
+
+
+def whole_anchors(n_anchors: int, out_dir: Path) -> Path:
+    """USPPPM rows of the first n anchors, every row of each (group_targets needs whole groups)."""
+    train = pd.read_csv(SHARED / "usppm" / "train.csv")
+    keep = train["anchor"].drop_duplicates().iloc[:n_anchors]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train[train["anchor"].isin(keep)].to_csv(out_dir / "train.csv", index=False)
+    return out_dir
+
+
+def padding(size: dict, workdir: Path) -> list[dict]:
+    data = whole_anchors(size["pad_anchors"], workdir / "usppm-anchors")
+    common = [f"data_dir={data}", f"runs_dir={workdir / 'runs'}", "train_folds=[0]", f"epochs={size['epochs']}",
+              "batch_size=16", f"max_len={size['pad_max_len']}", "group_targets=true",
+              f"cpc_titles={SHARED / 'usppm' / 'cpc_titles.csv'}"]
+    dynamic, _ = kit_samples_per_s(UsppmTask(), [*common, "group_by_length=true", "run_name=pad-dynamic"])
+    fixed, _ = kit_samples_per_s(UsppmPaddedToMax(), [*common, "run_name=pad-max"])
+    return [line("dynamic padding", f"USPPPM + CPC titles + group_targets (max_len {size['pad_max_len']}): dynamic "
+                 "padding with length-grouped batches / every batch padded to max_len", "samples/s", dynamic, fixed,
+                 2.5, "dynamic + grouped", "padded to max_len")]
+
+
+# ---- 3. image cache -------------------------------------------------------------------------------------
+def make_photos(n: int, wh: tuple[int, int], out_dir: Path) -> pd.DataFrame:
+    """n large JPEGs (real armyworm photos scaled up to wh) and their labels."""
+    import cv2
+    train = pd.read_csv(SHARED / "armyworm" / "Train.csv").head(n)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image_id in train["Image_id"]:
+        image = cv2.imread(str(SHARED / "armyworm" / "Images" / image_id))
+        path = out_dir / image_id
+        cv2.imwrite(str(path), cv2.resize(image, wh, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(path))
+    return pd.DataFrame({"path": paths, TARGET: train["Label"].astype(float).to_numpy()})
+
+
+def images_per_s(task, cfg, frame: pd.DataFrame, passes: int) -> float:
+    """Images/s of the training DataLoader (decode, resize, augment, collate), median over passes after a warm-up
+    pass (which fills the cache, when there is one)."""
+    loader = torch.utils.data.DataLoader(task.dataset(cfg, frame, "train", None), batch_size=8, shuffle=True)
+    times = []
+    for _ in range(passes + 1):
+        start = time.perf_counter()
+        for _batch in loader:
+            pass
+        times.append(time.perf_counter() - start)
+    return len(frame) / statistics.median(times[1:])
+
+
+def image_cache(size: dict, workdir: Path) -> list[dict]:
+    frame = make_photos(size["photos"], size["photo_size"], workdir / "photos")
+    task = ArmywormTask()
+    base = [f"data_dir={SHARED / 'armyworm'}", f"image_size={size['image_size']}"]
+    configure_threads(task.config(base))
+    cached = images_per_s(task, task.config([*base, f"image_cache={workdir / 'image-cache'}"]), frame, size["passes"])
+    decoded = images_per_s(task, task.config(base), frame, size["passes"])
+    w, h = size["photo_size"]
+    return [line("image cache", f"{w} x {h} JPEGs to {size['image_size']} px, training pipeline: image_cache= / "
+                 "decoding and resizing the originals every epoch", "images/s", cached, decoded, 5.0,
+                 "cached", "decoded every epoch")]
+
+
+# ---- 4. data parallel on the CPU ------------------------------------------------------------------------
+def kit_command(args: list[str], nproc: int) -> list[str]:
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "competitions", *args]
+    return [sys.executable, "-m", "competitions", *args]
+
+
+def ddp(size: dict, workdir: Path) -> list[dict]:
+    runs = workdir / "runs"
+    common = ["usppm", "train", f"data_dir={SHARED / 'usppm'}", f"runs_dir={runs}", f"limit={size['ddp_rows']}",
+              "train_folds=[0]", f"epochs={size['epochs']}", "max_len=64"]
+    cores = len(os.sched_getaffinity(0))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    speed = {}
+    for name, nproc, threads, batch in (("one", 1, cores, 32), ("ddp", 2, max(1, cores // 2), 16)):
+        subprocess.run(kit_command([*common, f"run_name=ddp-{name}", f"num_threads={threads}", f"batch_size={batch}"],
+                                   nproc), check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        run_dir = runs / "usppm" / f"ddp-{name}"
+        speed[name] = (trained_per_epoch(run_dir, 32) / statistics.median(epoch_seconds(run_dir)),
+                       pd.read_csv(run_dir / "fold0" / "oof.csv"))
+    (ddp_speed, ddp_oof), (one_speed, one_oof) = speed["ddp"], speed["one"]
+    same = sorted(ddp_oof["id"]) == sorted(one_oof["id"])
+    gap = float(np.abs(ddp_oof.set_index("id")["pred"] - one_oof.set_index("id")["pred"]).max()) if same else None
+    note = (f"same OOF rows: {'yes' if same else 'NO'} ({len(ddp_oof)} / {len(one_oof)})"
+            + (f", largest prediction gap {gap:.3f}" if gap is not None else ""))
+    return [line("data parallel (CPU)", f"MiniLM on USPPPM, batch 32 in all: torchrun 2 processes x "
+                 f"{max(1, cores // 2)} thread / 1 process x {cores} threads", "samples/s", ddp_speed, one_speed,
+                 None, "2 processes", "1 process", note)]
+
+
+# ---- 5. inference ---------------------------------------------------------------------------------------
+def rows_per_s(task, run, test_path: Path, repeats: int, **overrides) -> float:
+    n = len(pd.read_csv(test_path))
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        api.predict(task, run, test_path, **overrides)
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times[1:])
+
+
+def inference(size: dict, workdir: Path) -> list[dict]:
+    task = ArmywormTask()
+    data = SHARED / "armyworm"
+    cfg = task.config([f"data_dir={data}", f"runs_dir={workdir / 'runs'}", "run_name=infer",
+                       f"limit={size['image_rows']}", "folds=2", "epochs=1", f"image_size={size['image_size']}"])
+    run = api.train(task, cfg)
+    test = workdir / "test.csv"
+    pd.read_csv(data / "Test.csv").head(size["infer_rows"]).to_csv(test, index=False)
+    kw = {"data_dir": str(data), "runs_dir": str(workdir / "runs")}
+    plain = rows_per_s(task, run, test, size["repeats"], tta=False, **kw)
+    views = rows_per_s(task, run, test, size["repeats"], tta=True, **kw)
+    return [line("inference", f"armyworm, Lite0 at {size['image_size']} px, 2 folds averaged: TTA (hflip, 2 views) / "
+                 "no TTA", "rows/s", views, plain, None, "TTA", "no TTA")]
+
+
+CASES = {"trainer_text": trainer_text, "trainer_image": trainer_image, "padding": padding,
+         "image_cache": image_cache, "ddp": ddp, "inference": inference}
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one benchmark; write its lines as JSON.")
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    lines = CASES[args.case](SIZES[args.size], args.workdir)
+    for item in lines:
+        item.update(case=args.case, peak_rss_mb=peak_rss_mb(), wall_s=round(time.time() - started, 1))
+    args.json.write_text(json.dumps(lines, indent=1))
+
+
+if __name__ == "__main__":
+    main()
