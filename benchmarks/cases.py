@@ -41,8 +41,8 @@ SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data")
 
 # "full": what `make bench` runs (minutes on 2 cores); "tiny": the smoke test's sizes (seconds).
 SIZES = {
-    "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 4, "pad_anchors": 40,
-             "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 2000,
+    "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 3, "pad_anchors": 8,
+             "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 1200,
              "infer_rows": 300, "repeats": 3},
     "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
              "pad_max_len": 64, "photos": 4, "photo_size": (600, 400), "passes": 2, "ddp_rows": 80,
@@ -70,11 +70,14 @@ def trained_per_epoch(run_dir: Path, batch_size: int) -> int:
     return n // batch_size * batch_size if n > batch_size else n
 
 
-def kit_samples_per_s(task, overrides: list[str]) -> tuple[float, object]:
-    """Fold 0 trained by the kit (api.train), as a user runs it."""
+def kit_samples_per_s(task, overrides: list[str]) -> tuple[float, object, str]:
+    """Fold 0 trained by the kit (api.train), as a user runs it; and how much of an epoch its evaluation took."""
     cfg = task.config(overrides)
     run = api.train(task, cfg)
-    return trained_per_epoch(run.dir, cfg.batch_size) / statistics.median(epoch_seconds(run.dir)), cfg
+    seconds = statistics.median(epoch_seconds(run.dir))
+    eval_s = statistics.median(pd.read_csv(run.fold_dir(0) / "history.csv")["eval_s"].iloc[1:])
+    share = f"evaluation {eval_s:.1f} s of each {seconds:.1f} s epoch ({eval_s / seconds:.0%})"
+    return trained_per_epoch(run.dir, cfg.batch_size) / seconds, cfg, share
 
 
 def bare_samples_per_s(task, cfg, epochs: int) -> float:
@@ -111,20 +114,20 @@ def trainer_text(size: dict, workdir: Path) -> list[dict]:
     task = UsppmTask()
     common = [f"data_dir={SHARED / 'usppm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['text_rows']}",
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", "max_len=64"]
-    kit, cfg = kit_samples_per_s(task, [*common, "run_name=trainer-text"])
+    kit, cfg, share = kit_samples_per_s(task, [*common, "run_name=trainer-text"])
     bare = bare_samples_per_s(task, cfg, size["epochs"])
     return [line("trainer overhead", "MiniLM on USPPPM pairs: the kit's loop / a bare PyTorch loop", "samples/s",
-                 kit, bare, 0.90, "kit loop", "bare loop")]
+                 kit, bare, 0.90, "kit loop", "bare loop", share)]
 
 
 def trainer_image(size: dict, workdir: Path) -> list[dict]:
     task = ArmywormTask()
     common = [f"data_dir={SHARED / 'armyworm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['image_rows']}",
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", f"image_size={size['image_size']}"]
-    kit, cfg = kit_samples_per_s(task, [*common, "run_name=trainer-image"])
+    kit, cfg, share = kit_samples_per_s(task, [*common, "run_name=trainer-image"])
     bare = bare_samples_per_s(task, cfg, size["epochs"])
     return [line("trainer overhead", f"EfficientNet-Lite0 on armyworm, {size['image_size']} px: the kit's loop / "
-                 "a bare PyTorch loop", "samples/s", kit, bare, 0.90, "kit loop", "bare loop")]
+                 "a bare PyTorch loop", "samples/s", kit, bare, 0.90, "kit loop", "bare loop", share)]
 
 
 # ---- 2. dynamic padding ---------------------------------------------------------------------------------
@@ -153,15 +156,33 @@ def whole_anchors(n_anchors: int, out_dir: Path) -> Path:
 
 
 def padding(size: dict, workdir: Path) -> list[dict]:
+    """Two inputs: CPC titles + grouped targets (long, near the cap) and CPC titles alone (short, far below it)."""
     data = whole_anchors(size["pad_anchors"], workdir / "usppm-anchors")
     common = [f"data_dir={data}", f"runs_dir={workdir / 'runs'}", "train_folds=[0]", f"epochs={size['epochs']}",
-              "batch_size=16", f"max_len={size['pad_max_len']}", "group_targets=true",
-              f"cpc_titles={SHARED / 'usppm' / 'cpc_titles.csv'}"]
-    dynamic, _ = kit_samples_per_s(UsppmTask(), [*common, "group_by_length=true", "run_name=pad-dynamic"])
-    fixed, _ = kit_samples_per_s(UsppmPaddedToMax(), [*common, "run_name=pad-max"])
-    return [line("dynamic padding", f"USPPPM + CPC titles + group_targets (max_len {size['pad_max_len']}): dynamic "
-                 "padding with length-grouped batches / every batch padded to max_len", "samples/s", dynamic, fixed,
-                 2.5, "dynamic + grouped", "padded to max_len")]
+              "batch_size=16", f"cpc_titles={SHARED / 'usppm' / 'cpc_titles.csv'}"]
+    lines = []
+    for name, extra, max_len in (("grouped", ["group_targets=true"], size["pad_max_len"]),
+                                 ("titles", [], size["pad_max_len"] // 2)):
+        args = [*common, *extra, f"max_len={max_len}"]
+        dynamic = kit_samples_per_s(UsppmTask(), [*args, "group_by_length=true", f"run_name=pad-{name}-dynamic"])[0]
+        fixed = kit_samples_per_s(UsppmPaddedToMax(), [*args, f"run_name=pad-{name}-max"])[0]
+        lengths = token_lengths(workdir / "runs" / "usppm" / f"pad-{name}-dynamic", data)
+        what = "CPC titles + group_targets" if extra else "CPC titles, no group_targets"
+        lines.append(line("dynamic padding", f"USPPPM, {what} (max_len {max_len}): dynamic padding with "
+                          "length-grouped batches / every batch padded to max_len", "samples/s", dynamic, fixed, 2.5,
+                          "dynamic + grouped", "padded to max_len",
+                          f"tokens per input: median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}, "
+                          f"{np.mean(lengths >= max_len):.0%} at the cap"))
+    return lines
+
+
+def token_lengths(run_dir: Path, data: Path) -> np.ndarray:
+    """Tokens of each training input as the run encoded them (after the max_len cut)."""
+    task = UsppmTask()
+    cfg = Run(run_dir).config()
+    tokenizer = load_tokenizer(cfg.model, run_dir)
+    texts = task.texts(cfg, pd.read_csv(data / "train.csv"), tokenizer.sep_token)
+    return np.array([len(task.encode(cfg, tokenizer, t)["input_ids"]) for t in texts])
 
 
 # ---- 3. image cache -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from scipy.stats import rankdata
 from common.config import to_yaml
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, require_columns, write_csv, write_json
-from common.metrics import Metric, get_metric, scores_with_threshold, tune_threshold
+from common.metrics import Metric, get_metric, score_with_cut_from_other_folds, scores_with_threshold, tune_threshold
 from common.runs import Run
 from common.task import Task
 
@@ -31,7 +31,7 @@ ENSEMBLE_ARGS = {
     "runs": None,        # the runs to blend, space-separated (RUNS="a b c")
     "run_name": None,    # the blend's run folder (RUN=); null -> blend-<timestamp>
     "runs_dir": "runs",
-    "method": "auto",    # scipy | hill | auto (both; keep the better OOF score)
+    "method": "auto",    # scipy | hill | auto (both; keep the better OOF score) | mean (equal weights, no search)
     "rank": False,       # blend ranks, not scores: for metrics that only rank (AUC); one prediction column only
 }
 
@@ -49,8 +49,8 @@ def blend(task: Task, runs: list[str | Run], name: str | None = None, method: st
     names = [r.name if isinstance(r, Run) else r for r in runs]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(f"ensemble needs two or more different runs, e.g. RUNS=\"a b\"; got {names}")
-    if method not in ("auto", "scipy", "hill"):
-        raise ConfigError(f"method must be auto, scipy or hill, got {method!r}")
+    if method not in ("auto", "scipy", "hill", "mean"):
+        raise ConfigError(f"method must be auto, scipy, hill or mean, got {method!r}")
     runs = [r if isinstance(r, Run) else Run.open(task.name, r, runs_dir) for r in runs]
     metric = get_metric(task.metric)
     oof = shared_oof(task, runs)
@@ -139,6 +139,8 @@ def search_weights(y: np.ndarray, preds: list[np.ndarray], metric: Metric, metho
     """Non-negative weights summing to 1 that score best on OOF (by score_fn(y, p), default the metric), and the
     method that found them."""
     metric = Metric(metric.name, score_fn, metric.greater_is_better) if score_fn else metric
+    if method == "mean":  # nothing fitted on the OOF: the blend's CV is as honest as its runs'
+        return np.full(len(preds), 1 / len(preds)), "mean"
     found = {}
     if method in ("hill", "auto"):
         found["hill climbing"] = hill_climb(y, preds, metric)
@@ -239,8 +241,12 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
     else:
         blend.threshold_path.unlink(missing_ok=True)
     cv, folds = scores_with_threshold(metric, blend_oof, classes, threshold)
-    write_json({"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": folds,
-                "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"]}, blend.metrics_path)
+    metrics = {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": folds,
+               "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"]}
+    if threshold is not None:
+        metrics["cv_cut_from_other_folds"] = score_with_cut_from_other_folds(
+            metric, y, blend_oof[classes[0]].to_numpy(), blend_oof["fold"].to_numpy())
+    write_json(metrics, blend.metrics_path)
     write_blend_test_predictions(task, blend, cfg)
     task.plots(cfg, blend_oof, classes, blend.plots_dir)
     return blend
@@ -275,5 +281,6 @@ def print_report(blend: Run, metric: Metric) -> None:
         print(f"  {name:<{width}}  {cv:>9.5f}  {spec['weights'].get(name, 0.0):>7.3f}")
     print(f"  {'blend':<{width}}  {m['cv']:>9.5f}")
     if m.get("threshold") is not None:
-        print(f"  threshold re-tuned on the blended OOF: {m['threshold']:.4f}")
+        print(f"  threshold re-tuned on the blended OOF: {m['threshold']:.4f}; each fold cut where the other folds "
+              f"say: {m['cv_cut_from_other_folds']:.5f}")
     print(f"blend run: {blend.dir}  ->  make {blend.dir.parent.name}-submit RUN={blend.name}")

@@ -7,17 +7,16 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
 
 from common.errors import NotFound
 from common.runs import Run
 from common.task import FoldContext, Task
-from common.threads import one_thread_worker
 from common.trainer import (
     ESTIMATOR_FILE,
     create_accelerator,
     estimator_predict,
     oof_frame,
+    predict_dataloader,
     predict_loader,
 )
 
@@ -51,9 +50,7 @@ def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd
             preds, tta = estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, test, ctx)), False
         else:
             accelerator = accelerator or create_accelerator(cfg)
-            loader = DataLoader(task.dataset(cfg, test, "test", ctx), batch_size=cfg.batch_size, shuffle=False,
-                                collate_fn=task.collate_fn(cfg, ctx), num_workers=cfg.num_workers,
-                                worker_init_fn=one_thread_worker)
+            loader = predict_dataloader(task, cfg, test, "test", ctx)
             model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, len(classes)), loader)
             preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=tta)
             accelerator.free_memory()

@@ -114,6 +114,11 @@ class Task(ABC):
         """None -> a shuffle drawn from ctx.generator. A custom sampler should draw from ctx.generator too."""
         return None
 
+    def predict_order(self, cfg: DictConfig, df: pd.DataFrame, ctx: FoldContext) -> list[int] | None:
+        """The order validation and test rows are predicted in (predictions come back in row order whatever it is);
+        None -> as they are. Texts go longest first: each batch holds similar lengths, so little padding."""
+        return None
+
     def loss_fn(self, cfg: DictConfig, train: pd.DataFrame, ctx: FoldContext):
         """loss(logits, target) -> scalar. train is this fold's training frame (for class weights and the like)."""
         if self.kind == "multiclass":

@@ -204,6 +204,10 @@ class TextTask(Task):
             return None
         return length_grouped_sampler(self.texts(cfg, train, "[SEP]", ctx.state), cfg.batch_size, ctx.generator)
 
+    def predict_order(self, cfg, df, ctx):
+        lengths = [len(t) if isinstance(t, str) else sum(map(len, t)) for t in self.texts(cfg, df, "[SEP]", ctx.state)]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])  # characters: a close proxy for tokens
+
     def build_model(self, cfg, n_outputs, ctx, pretrained):
         return create_text_model(cfg.model, n_outputs, ctx.run_dir, pretrained, cfg.pooling, cfg.head_dropout,
                                  cfg.backbone_dropout, cfg.get("multi_sample_dropout") or 1,

@@ -31,7 +31,7 @@ from transformers import get_scheduler
 from common import plots
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, read_json, write_csv, write_json
-from common.metrics import get_metric, scores_with_threshold, tune_threshold
+from common.metrics import get_metric, score_with_cut_from_other_folds, scores_with_threshold, tune_threshold
 from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
 from common.threads import configure_threads, one_thread_worker
@@ -268,9 +268,17 @@ def make_loaders(task: Task, cfg: DictConfig, trn: pd.DataFrame, val: pd.DataFra
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=cfg.num_workers, drop_last=len(trn) > cfg.batch_size, generator=ctx.generator,
                           worker_init_fn=one_thread_worker)
-    valid_dl = DataLoader(task.dataset(cfg, val, "valid", ctx), batch_size=cfg.batch_size, shuffle=False,
-                          collate_fn=collate, num_workers=cfg.num_workers, worker_init_fn=one_thread_worker)
+    valid_dl = predict_dataloader(task, cfg, val, "valid", ctx, collate)
     return train_dl, valid_dl
+
+
+def predict_dataloader(task: Task, cfg: DictConfig, df: pd.DataFrame, mode: str, ctx: FoldContext,
+                       collate=None) -> DataLoader:
+    """Validation or test rows in the task's predict_order (predict_loader puts the predictions back in row order)."""
+    order = task.predict_order(cfg, df, ctx)
+    return DataLoader(task.dataset(cfg, df, mode, ctx), batch_size=cfg.batch_size, shuffle=False,
+                      sampler=order, collate_fn=collate or task.collate_fn(cfg, ctx), num_workers=cfg.num_workers,
+                      worker_init_fn=one_thread_worker)
 
 
 def create_optimizer(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch: int):
@@ -385,7 +393,8 @@ class FoldLoop:
 
     def end_epoch(self, epoch: int, stop: bool) -> bool:
         self.state.update(epoch=epoch, batch=0, loss_sum=0.0)
-        self.save_resume_state()
+        if not stop and epoch < self.cfg.epochs:  # after the last epoch, finish() marks the fold done instead (a kill
+            self.save_resume_state()              # before that re-runs the last epoch from its start, identically)
         if self.accelerator.is_main_process:
             write_csv(pd.DataFrame(self.state["history"]), self.fold_dir / "history.csv")
         if self.on_evaluate is not None:
@@ -396,6 +405,7 @@ class FoldLoop:
         """Score the fold's validation rows, keep the best checkpoint and OOF, log; True when early stopping says
         stop."""
         state, metric = self.state, self.metric
+        started = time.perf_counter()
         model = self.ema.module if self.ema is not None else self.model
         preds, valid_loss = predict_loader(self.task, self.cfg, self.accelerator, model, self.valid_dl,
                                            self.loss_fn)
@@ -412,7 +422,8 @@ class FoldLoop:
         state["elapsed_s"] = round(time.perf_counter() - self.clock, 3)
         state["history"].append({"fold": self.fold, "epoch": epoch, "step": state["step"], "train_loss": train_loss,
                                  "valid_loss": valid_loss, "score": score,
-                                 "lr": self.scheduler.get_last_lr()[0], "elapsed_s": state["elapsed_s"]})
+                                 "lr": self.scheduler.get_last_lr()[0], "elapsed_s": state["elapsed_s"],
+                                 "eval_s": round(time.perf_counter() - started, 3)})
         self.accelerator.log({f"fold{self.fold}/valid_{metric.name}": score, f"fold{self.fold}/valid_loss": valid_loss,
                               f"fold{self.fold}/epoch": epoch}, step=state["step"])
         self.accelerator.print(f"fold {self.fold} epoch {epoch} step {state['step']}: train_loss {train_loss:.4f} "
@@ -569,11 +580,19 @@ def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], 
     if threshold is not None:
         metrics["threshold"] = threshold
         metrics["cv_at_0.5"] = metric(y, p)
+        if len(done) > 1:
+            metrics["cv_cut_from_other_folds"] = score_with_cut_from_other_folds(metric, y, p[:, 0],
+                                                                                 oof["fold"].to_numpy())
         write_json({"threshold": threshold, "tuned_on": "oof.csv"}, run.threshold_path)
     write_json(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
     task.plots(run.config(), oof, classes, run.plots_dir)
-    cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5)" if threshold else ""
+    cut = ""
+    if threshold is not None:
+        cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5"
+        if "cv_cut_from_other_folds" in metrics:
+            cut += f", {metrics['cv_cut_from_other_folds']:.4f} with each fold cut where the other folds say"
+        cut += ")"
     print(f"CV {metric.name}: {cv:.4f}{cut}  folds: {', '.join(f'{s:.4f}' for s in fold_scores)}")
     return metrics

@@ -29,7 +29,9 @@ def create_ema(cfg: DictConfig, model: nn.Module) -> ModelEmaV3 | None:
         return None
     if not 0 < cfg.ema < 1:
         raise ConfigError(f"ema is a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
-    return ModelEmaV3(model, decay=float(cfg.ema))
+    # timm's warm-up: the decay grows as 1 - (1 + step)^(-2/3) up to `ema`, so a short run (a CPU run may have a few
+    # hundred steps) averages its recent weights instead of dragging its random-head start along.
+    return ModelEmaV3(model, decay=float(cfg.ema), use_warmup=True)
 
 
 # ---- layer-wise learning-rate decay ----------------------------------------------------------------------

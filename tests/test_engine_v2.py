@@ -14,7 +14,7 @@ import torch
 from common import api, ensemble, gradcam
 from common.errors import NotFound
 from common.io import read_json
-from common.metrics import get_metric, tune_threshold
+from common.metrics import get_metric, score_with_cut_from_other_folds, tune_threshold
 from common.vision import image_views
 from tests.toys import Killed, dies_at_step
 
@@ -70,6 +70,8 @@ def test_a_tuned_threshold_is_saved_used_by_submit_and_re_tuned_by_a_blend(pair_
     assert threshold is not None and metrics["threshold"] == threshold
     assert metrics["cv"] == pytest.approx(accuracy(oof.target, (oof.pred >= threshold).astype(float)))
     assert metrics["cv"] >= metrics["cv_at_0.5"]
+    assert metrics["cv_cut_from_other_folds"] == pytest.approx(score_with_cut_from_other_folds(
+        accuracy, oof.target.to_numpy(), oof.pred.to_numpy(), oof.fold.to_numpy()))
     submission = pd.read_csv(api.submit(pair_task, run))
     preds = pd.read_csv(run.test_preds_path).set_index("pair_id")["pred"]
     assert list(submission.similar) == list((preds.loc[submission.pair_id] >= threshold).astype(int))
@@ -80,6 +82,8 @@ def test_a_tuned_threshold_is_saved_used_by_submit_and_re_tuned_by_a_blend(pair_
     assert blend.threshold() == pytest.approx(tune_threshold(blended.target.to_numpy(), blended.pred.to_numpy(),
                                                              accuracy))
     assert json.loads(blend.blend_path.read_text())["runs"]
+    assert blend.metrics()["cv_cut_from_other_folds"] == pytest.approx(score_with_cut_from_other_folds(
+        accuracy, blended.target.to_numpy(), blended.pred.to_numpy(), blended.fold.to_numpy()))
     submission = pd.read_csv(api.submit(pair_task, blend))
     preds = pd.read_csv(blend.test_preds_path).set_index("pair_id")["pred"]
     again = api.predict(pair_task, blend).set_index("pair_id")["pred"]  # a blend predicts through its runs

@@ -49,7 +49,7 @@ def test_the_blend_scores_at_least_the_better_run_and_can_be_submitted(two_runs,
     validate(submission, shared_data("usppm") / "sample_submission.csv")
 
 
-@pytest.mark.parametrize("args", [["rank=true"], ["method=scipy"], ["method=hill"]])
+@pytest.mark.parametrize("args", [["rank=true"], ["method=scipy"], ["method=hill"], ["method=mean"]])
 def test_rank_averaging_and_each_weight_search(two_runs, workdir, args):
     name = "blend-" + "-".join(a.split("=")[1] for a in args)
     ensemble.command(TASK, ["runs=a b", f"run_name={name}", f"runs_dir={two_runs}", *args])
@@ -62,6 +62,8 @@ def test_rank_averaging_and_each_weight_search(two_runs, workdir, args):
         assert preds.between(0, 1).all() and preds.max() == pytest.approx(1)
     if "method=hill" in args:  # hill climbing starts from the better run: never below it
         assert saved["cv"] >= max(recipe["run_cv"].values()) - 1e-12
+    if "method=mean" in args:  # equal weights, nothing searched
+        assert recipe["weights"] == {"a": 0.5, "b": 0.5} and recipe["method"] == "mean"
 
 
 def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
@@ -81,7 +83,7 @@ def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
     (["runs=a"], "two or more different runs"),
     (["runs=a a"], "two or more different runs"),
     (["runs=a nope"], "run .*nope not found"),
-    (["runs=a b", "method=magic"], "method must be auto, scipy or hill"),
+    (["runs=a b", "method=magic"], "method must be auto, scipy, hill or mean"),
     (["runs=a b", "weights=1"], "unknown config key 'weights'"),
     (["runs=a b", "run_name=a"], "is a trained run, not a blend"),
 ])

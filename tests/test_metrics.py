@@ -42,3 +42,15 @@ def test_directions():
     assert get_metric("pearson").better(0.1, None)
     with pytest.raises(KeyError, match="known"):
         get_metric("rmse")
+
+
+def test_a_cut_tuned_on_the_other_folds_scores_what_it_is_worth_on_unseen_rows():
+    from common.metrics import score_with_cut_from_other_folds, tune_threshold
+    accuracy = get_metric("accuracy")
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.6, 0.4, 0.8, 0.7])  # fold 0 separates at 0.5, fold 1 only above 0.7
+    folds = np.array([0, 0, 1, 1])
+    on_all_rows = accuracy(y, (p >= tune_threshold(y, p, accuracy)).astype(float))
+    assert on_all_rows == 0.75
+    # fold 0 cut where fold 1 says (> 0.7): both rows negative; fold 1 cut at fold 0's 0.5: both positive
+    assert score_with_cut_from_other_folds(accuracy, y, p, folds) == 0.5
