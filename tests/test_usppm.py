@@ -188,3 +188,14 @@ def test_a_run_keeps_its_cpc_titles_so_infer_and_the_kaggle_bundle_need_not_the_
     assert texts[0].endswith(f"{code} {state[code]}") and state[code] == real.set_index("code").title[code].lower()
     kaggle.bundle_runs(TASK, run, tmp_path / "bundle")
     assert (tmp_path / "bundle/titled/fold0/cpc_titles.csv").is_file()
+
+
+def test_gpu_experiments_load_with_the_winners_tricks_on():
+    deberta = TASK.config(["experiment=deberta_v3_large"])
+    assert (deberta.model, deberta.group_targets, deberta.cpc_titles) == \
+        ("microsoft/deberta-v3-large", True, "data/usppm/titles.csv")
+    assert (deberta.ema, deberta.layer_decay, deberta.awp, deberta.awp_start, deberta.multi_sample_dropout,
+            deberta.gradient_checkpointing) == (0.999, 0.9, 1.0, 2, 5, True)
+    patents = TASK.config(["experiment=bert_for_patents"])
+    assert (patents.model, patents.ema, patents.layer_decay, patents.awp) == ("anferico/bert-for-patents", 0.999, 0.9, 0.0)
+    assert TASK.config([]).ema == 0.0  # the CPU default stays as measured
