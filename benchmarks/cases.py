@@ -43,10 +43,10 @@ SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data")
 SIZES = {
     "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 3, "pad_anchors": 8,
              "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 1200,
-             "infer_rows": 300, "repeats": 3},
+             "infer_rows": 300, "repeats": 3, "rounds": 2},
     "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
              "pad_max_len": 64, "photos": 4, "photo_size": (600, 400), "passes": 2, "ddp_rows": 80,
-             "infer_rows": 16, "repeats": 2},
+             "infer_rows": 16, "repeats": 2, "rounds": 2},
 }
 
 
@@ -70,17 +70,36 @@ def trained_per_epoch(run_dir: Path, batch_size: int) -> int:
     return n // batch_size * batch_size if n > batch_size else n
 
 
-def kit_samples_per_s(task, overrides: list[str]) -> tuple[float, object, str]:
-    """Fold 0 trained by the kit (api.train), as a user runs it; and how much of an epoch its evaluation took."""
+def kit_epochs(task, overrides: list[str]) -> tuple[list[float], list[float], object]:
+    """Fold 0 trained by the kit (api.train), as a user runs it: samples/s of each epoch after the first, and the
+    seconds each of them spent evaluating."""
     cfg = task.config(overrides)
     run = api.train(task, cfg)
-    seconds = statistics.median(epoch_seconds(run.dir))
-    eval_s = statistics.median(pd.read_csv(run.fold_dir(0) / "history.csv")["eval_s"].iloc[1:])
-    share = f"evaluation {eval_s:.1f} s of each {seconds:.1f} s epoch ({eval_s / seconds:.0%})"
-    return trained_per_epoch(run.dir, cfg.batch_size) / seconds, cfg, share
+    rows = trained_per_epoch(run.dir, cfg.batch_size)
+    eval_s = list(pd.read_csv(run.fold_dir(0) / "history.csv")["eval_s"].iloc[1:])
+    return [rows / s for s in epoch_seconds(run.dir)], eval_s, cfg
 
 
-def bare_samples_per_s(task, cfg, epochs: int) -> float:
+def kit_against_bare(task, overrides: list[str], name: str, size: dict) -> tuple[float, float, str]:
+    """The kit's loop and the bare loop in ABBA order (kit, bare, bare, kit, ...), so that a machine getting slower
+    or faster over the minutes does not favour the one that runs first; the median epoch of each over all rounds."""
+    kit, bare, eval_s, cfg = [], [], [], None
+    for round_ in range(size["rounds"]):
+        for who in (("kit", "bare") if round_ % 2 == 0 else ("bare", "kit")):
+            if who == "kit":
+                speeds, evals, cfg = kit_epochs(task, [*overrides, f"run_name={name}-{round_}"])
+                kit += speeds
+                eval_s += evals
+            else:  # round 0 runs the kit first: the bare loop trains on the rows of its last run (its folds.csv)
+                bare += bare_epochs(task, cfg, size["epochs"])
+    kit_speed = statistics.median(kit)
+    epoch_s = trained_per_epoch(Path(cfg.runs_dir) / task.name / f"{name}-0", cfg.batch_size) / kit_speed
+    share = (f"evaluation {statistics.median(eval_s):.1f} s of each {epoch_s:.1f} s epoch "
+             f"({statistics.median(eval_s) / epoch_s:.0%}); {size['rounds']} rounds, kit and bare in ABBA order")
+    return kit_speed, statistics.median(bare), share
+
+
+def bare_epochs(task, cfg, epochs: int) -> list[float]:
     """A plain PyTorch loop on the kit's fold-0 rows: same model, dataset, batch size, optimizer, clipping; no
     Accelerate, hooks, progress bar, evaluation or checkpoint."""
     run = Run(Path(cfg.runs_dir) / task.name / cfg.run_name)
@@ -106,7 +125,7 @@ def bare_samples_per_s(task, cfg, epochs: int) -> float:
             scheduler.step()
             optimizer.zero_grad()
         times.append(time.perf_counter() - start)
-    return len(loader) * cfg.batch_size / statistics.median(times[1:])
+    return [len(loader) * cfg.batch_size / t for t in times[1:]]
 
 
 # ---- 1. trainer overhead --------------------------------------------------------------------------------
@@ -114,8 +133,7 @@ def trainer_text(size: dict, workdir: Path) -> list[dict]:
     task = UsppmTask()
     common = [f"data_dir={SHARED / 'usppm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['text_rows']}",
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", "max_len=64"]
-    kit, cfg, share = kit_samples_per_s(task, [*common, "run_name=trainer-text"])
-    bare = bare_samples_per_s(task, cfg, size["epochs"])
+    kit, bare, share = kit_against_bare(task, common, "trainer-text", size)
     return [line("trainer overhead", "MiniLM on USPPPM pairs: the kit's loop / a bare PyTorch loop", "samples/s",
                  kit, bare, 0.90, "kit loop", "bare loop", share)]
 
@@ -124,8 +142,7 @@ def trainer_image(size: dict, workdir: Path) -> list[dict]:
     task = ArmywormTask()
     common = [f"data_dir={SHARED / 'armyworm'}", f"runs_dir={workdir / 'runs'}", f"limit={size['image_rows']}",
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", f"image_size={size['image_size']}"]
-    kit, cfg, share = kit_samples_per_s(task, [*common, "run_name=trainer-image"])
-    bare = bare_samples_per_s(task, cfg, size["epochs"])
+    kit, bare, share = kit_against_bare(task, common, "trainer-image", size)
     return [line("trainer overhead", f"EfficientNet-Lite0 on armyworm, {size['image_size']} px: the kit's loop / "
                  "a bare PyTorch loop", "samples/s", kit, bare, 0.90, "kit loop", "bare loop", share)]
 
@@ -164,15 +181,17 @@ def padding(size: dict, workdir: Path) -> list[dict]:
     for name, extra, max_len in (("grouped", ["group_targets=true"], size["pad_max_len"]),
                                  ("titles", [], size["pad_max_len"] // 2)):
         args = [*common, *extra, f"max_len={max_len}"]
-        dynamic = kit_samples_per_s(UsppmTask(), [*args, "group_by_length=true", f"run_name=pad-{name}-dynamic"])[0]
-        fixed = kit_samples_per_s(UsppmPaddedToMax(), [*args, f"run_name=pad-{name}-max"])[0]
+        dynamic = statistics.median(kit_epochs(UsppmTask(), [*args, "group_by_length=true",
+                                                             f"run_name=pad-{name}-dynamic"])[0])
+        fixed = statistics.median(kit_epochs(UsppmPaddedToMax(), [*args, f"run_name=pad-{name}-max"])[0])
         lengths = token_lengths(workdir / "runs" / "usppm" / f"pad-{name}-dynamic", data)
         what = "CPC titles + group_targets" if extra else "CPC titles, no group_targets"
         lines.append(line("dynamic padding", f"USPPPM, {what} (max_len {max_len}): dynamic padding with "
                           "length-grouped batches / every batch padded to max_len", "samples/s", dynamic, fixed, 2.5,
                           "dynamic + grouped", "padded to max_len",
                           f"tokens per input: median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}, "
-                          f"{np.mean(lengths >= max_len):.0%} at the cap"))
+                          f"{np.mean(lengths >= max_len):.0%} at the cap; padded / real tokens "
+                          f"{max_len / np.mean(lengths):.2f}, the most padding can cost"))
     return lines
 
 
