@@ -30,7 +30,8 @@ DATA = {"usppm": "usppm", "mvtec": "mvtec", "armyworm": "armyworm",
 # name: (competition, overrides, batch size on a GPU, compile). The first of each competition is its CPU default.
 CONFIGS = {
     "usppm-minilm": ("usppm", [], 128, False),
-    "usppm-deberta-v3-large": ("usppm", ["experiment=deberta_v3_large"], 16, False),
+    "usppm-deberta-v3-large": ("usppm", ["experiment=deberta_v3_large",  # its titles: the shared real file
+                                         f"cpc_titles={SHARED / 'usppm' / 'cpc_titles.csv'}"], 16, False),
     "mvtec-lite0": ("mvtec", [], 64, True),
     "mvtec-efficientnet-b3": ("mvtec", ["experiment=efficientnet_b3"], 32, True),
     "armyworm-lite0": ("armyworm", [], 128, True),
