@@ -38,9 +38,10 @@ from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
 from common.io import read_csv, write_csv
 from common.submission import check_sample_ids
-from common.task import TARGET, read_frame
+from common.task import BOOKKEEPING, TARGET, read_frame
 from common.text import SWAP, TEXT_DEFAULTS, PaddingCollator, TextTask, load_tokenizer
 
+GROUPS = "groups"  # a bi-encoder training batch's group code per distinct item (in_batch_pairs)
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
 
 
@@ -224,10 +225,10 @@ class PairSampler(torch.utils.data.Sampler):
 
 # ---- bi-encoder ---------------------------------------------------------------------------------------------------
 def pair_batch(items: list[dict], pad_id: int) -> dict:
-    """Collate items {"ids_a", "ids_b" (token id lists), "key_a", "key_b" (content keys), "index", ["target"]}
-    into BiEncoder's inputs: the batch's distinct items once (input_ids, attention_mask, keys) and, per pair, the
-    positions a and b of its two sides among them."""
-    keys, rows, pos = [], [], {}
+    """Collate items {"ids_a", "ids_b" (token id lists), "key_a", "key_b" (content keys), "index", ["target"],
+    ["group_a", "group_b"]} into BiEncoder's inputs: the batch's distinct items once (input_ids, attention_mask,
+    keys, and their groups when the items carry them) and, per pair, the positions a and b of its two sides."""
+    keys, rows, groups, pos = [], [], [], {}
     a, b = [], []
     for it in items:
         for side, out in (("a", a), ("b", b)):
@@ -236,6 +237,7 @@ def pair_batch(items: list[dict], pad_id: int) -> dict:
                 pos[key] = len(keys)
                 keys.append(key)
                 rows.append(it[f"ids_{side}"])
+                groups.append(it.get(f"group_{side}", -1))
             out.append(pos[key])
     width = max(1, max(len(r) for r in rows))
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -248,8 +250,20 @@ def pair_batch(items: list[dict], pad_id: int) -> dict:
              "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
     if "target" in items[0]:
         batch["target"] = torch.tensor([float(it["target"]) for it in items])
+    if "group_a" in items[0]:
+        batch[GROUPS] = torch.tensor(groups, dtype=torch.long)
     return batch
 
+
+def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
+    """Every pair of the batch's distinct items, labelled 1 when their groups agree: BiEncoder's inputs with a and b
+    replaced (the same forward pass embeds them all), and the labels. 16 sampled pairs hold ~30 distinct items, so
+    ~430 labelled pairs for the cost of 16: the sampled pairs are among them."""
+    inputs = {k: v for k, v in batch.items() if k not in (*BOOKKEEPING, GROUPS)}
+    groups = batch[GROUPS]
+    a, b = torch.triu_indices(len(groups), len(groups), offset=1, device=groups.device)
+    inputs.update(a=a, b=b)
+    return inputs, (groups[a] == groups[b]).float()
 
 class BiEncoder(nn.Module):
     """Siamese encoder: backbone -> mean pooling over the mask -> L2-normalised embedding; the output is the
@@ -375,11 +389,13 @@ class PairTextDataset(torch.utils.data.Dataset):
     padding); its 'index' is the pair's row, which is where the engine puts the prediction. Training: item
     (i, j, label) from PairSampler, i and j positions among the texts.
     cross: input_ids of [CLS] a [SEP] b [SEP], the budget max_len split fairly, each side cut to head + tail
-    (and the swapped pair under swap_ keys for TTA). bi: each side's ids (max_len each) and content key."""
+    (and the swapped pair under swap_ keys for TTA). bi: each side's ids (max_len each) and content key (and,
+    training with `groups`, each side's group code)."""
 
     def __init__(self, tokenizer, texts: list[str], encoder: str, max_len: int, head_share: float = 0.5,
-                 a=None, b=None, targets=None, swap: bool = False):
+                 a=None, b=None, targets=None, swap: bool = False, groups=None):
         self.encoder, self.max_len, self.head_share, self.swap = encoder, int(max_len), head_share, swap
+        self.groups = groups  # training, bi: each text's group code, for in_batch_pairs
         self.special = SpecialTokens(tokenizer)
         extra = self.special.pair_extra if encoder == "cross" else self.special.single_extra
         self.budget = self.max_len - extra
@@ -401,6 +417,8 @@ class PairTextDataset(torch.utils.data.Dataset):
             i, j, label = k
             item = self.encode(i, j)
             item.update(index=0, target=float(label))
+            if self.groups is not None:
+                item.update(group_a=int(self.groups[i]), group_b=int(self.groups[j]))
             return item
         row = int(self.order[k])
         item = self.encode(int(self.a[row]), int(self.b[row]))
@@ -435,6 +453,8 @@ PAIR_DEFAULTS = {
     "hard_negatives": 5,         # BM25 top-k of other groups mined per training item (0: random negatives only)
     "hard_share": 0.5,           # share of negatives drawn from an item's hard negatives (the rest: random)
     "margin": 0.5,               # bi-encoder, loss=contrastive: negatives are pushed below this cosine
+    "in_batch_pairs": False,     # bi-encoder: the loss over every pair of a batch's distinct items (labelled by
+                                 # group; positives and negatives weigh half each), not only the sampled pairs
 }
 
 
@@ -537,7 +557,8 @@ class PairTextTask(TextTask):
             corpus, _ = self.corpus(cfg)
             text = dict(zip(corpus[self.item_column], corpus[self.text_column]))
             texts = [text[name] for name in ctx.state[self.item_column]]
-            return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share)
+            groups = pd.factorize(ctx.state[self.group_column])[0] if self.in_batch(cfg) else None
+            return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share, groups=groups)
         texts, a, b = distinct_texts(df, self.pair_columns)
         targets = df[TARGET].to_numpy(dtype=np.float32) if TARGET in df else None
         swap = bool(cfg.tta) and mode == "test" and encoder == "cross"  # the engine scores OOF without TTA
@@ -573,6 +594,20 @@ class PairTextTask(TextTask):
             raise ConfigError(f"encoder=bi takes loss=cosine (sentence-transformers' CosineSimilarityLoss: MSE of "
                               f"the cosine to the 0/1 label) or loss=contrastive, got {name!r}")
         return name
+
+    def in_batch(self, cfg: DictConfig) -> bool:
+        if cfg.in_batch_pairs and self.encoder(cfg) != "bi":
+            raise ConfigError("in_batch_pairs=true needs encoder=bi (a cross-encoder scores only the pairs it reads)")
+        return bool(cfg.in_batch_pairs)
+
+    def train_loss(self, cfg, model, batch, loss_fn):
+        if GROUPS not in batch:
+            return super().train_loss(cfg, model, batch, loss_fn)
+        inputs, y = in_batch_pairs(batch)
+        cos = model(**inputs).view(-1)
+        # positives and negatives weigh half each (a batch has ~30x more negatives); a side that is absent, none
+        parts = [loss_fn(cos[side], y[side]) for side in (y > 0, y == 0) if side.any()]
+        return sum(parts) / len(parts)
 
     def loss_fn(self, cfg, train, ctx):
         name = self.loss_name(cfg)

@@ -239,13 +239,14 @@ def tiny_runs(demo_data, tmp_path_factory):
     from common import api
     runs_dir = tmp_path_factory.mktemp("runs")
     runs = {}
-    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi"])):
+    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi"]),
+                        ("bi-inbatch", ["experiment=bi", "in_batch_pairs=true"])):
         cfg = TASK.config([f"data_dir={demo_data}", f"runs_dir={runs_dir}", f"run_name={name}", *TINY, *extra])
         runs[name] = api.train(TASK, cfg)
     return runs
 
 
-@pytest.mark.parametrize("name", ["cross", "bi"])
+@pytest.mark.parametrize("name", ["cross", "bi", "bi-inbatch"])
 def test_train_infer_submit_end_to_end(tiny_runs, demo_data, name, tmp_path, monkeypatch):
     from common import api
     from common.submission import validate
@@ -256,7 +257,7 @@ def test_train_infer_submit_end_to_end(tiny_runs, demo_data, name, tmp_path, mon
         assert (run.dir / f).is_file(), f
     oof, folds = pd.read_csv(run.oof_path), pd.read_csv(run.folds_path)
     assert len(oof) == (folds["fold"] == 0).sum() and oof["pred"].between(0, 1).all()
-    assert run.config().encoder == name
+    assert run.config().encoder == name.split("-")[0]
 
     path = api.submit(TASK, run, runs_dir=str(run.dir.parent.parent), data_dir=str(demo_data))
     sub, sample = pd.read_csv(path), pd.read_csv(demo_data / "sample_submission.csv")
@@ -303,6 +304,55 @@ def test_bi_encoder_embeds_each_distinct_program_once(tiny_runs, demo_data):
             model(**model_inputs(batch))
     distinct = pd.concat([test["code1"], test["code2"]]).nunique()
     assert sum(embedded) == distinct < 2 * len(test)
+
+
+def in_batch_items():
+    """Three sampled pairs over five distinct programs (keys 10-14) of groups 0, 0, 1, 1, 2."""
+    item = lambda ka, kb, ga, gb, y: {"ids_a": [ka, 1], "ids_b": [kb], "key_a": ka, "key_b": kb, "index": 0,
+                                      "target": y, "group_a": ga, "group_b": gb}
+    return [item(10, 11, 0, 0, 1.0), item(12, 10, 1, 0, 0.0), item(13, 14, 1, 2, 0.0)]
+
+
+def test_in_batch_pairs_label_every_pair_of_distinct_programs_by_group():
+    from common.pairs import GROUPS, in_batch_pairs, pair_batch
+    batch = pair_batch(in_batch_items(), pad_id=0)
+    groups = batch[GROUPS].tolist()
+    assert batch["keys"].tolist() == [10, 11, 12, 13, 14] and groups == [0, 0, 1, 1, 2]
+    inputs, y = in_batch_pairs(batch)
+    labels = {(i, j): t for i, j, t in zip(inputs["a"].tolist(), inputs["b"].tolist(), y.tolist())}
+    assert labels == {(i, j): float(groups[i] == groups[j]) for i in range(5) for j in range(i + 1, 5)}
+    for i, j, t in zip(batch["a"].tolist(), batch["b"].tolist(), batch["target"].tolist()):
+        assert labels[min(i, j), max(i, j)] == t  # the sampled pairs are among them, with their labels
+    assert GROUPS not in inputs and "target" not in inputs and inputs["input_ids"] is batch["input_ids"]
+
+
+def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data, tmp_path):
+    from common.errors import ConfigError
+    from common.pairs import GROUPS, pair_batch
+    cfg = config(demo_data, "experiment=bi", "in_batch_pairs=true")
+    seen = []
+
+    def every_pair_at_cosine_one(input_ids, attention_mask, keys, a, b):
+        seen.append(len(a))
+        return torch.ones(len(a), 1)
+
+    loss = TASK.train_loss(cfg, every_pair_at_cosine_one, pair_batch(in_batch_items(), 0), TASK.loss_fn(cfg, None, None))
+    # 10 pairs, 2 positives (loss 0) and 8 negatives (loss 1): balanced 0.5, where a plain mean would give 0.8
+    assert seen == [10] and loss.item() == pytest.approx(0.5)
+    # a training fold's batches carry each program's problem
+    from common.task import FoldContext
+    train = TASK.load_train(cfg)
+    ctx = FoldContext(fold=0, dir=tmp_path, run_dir=tmp_path)
+    ctx.state = TASK.fit_fold(cfg, train[TASK.folds(cfg, train) == 1].reset_index(drop=True), tmp_path)
+    ctx.generator.manual_seed(0)
+    sampled = list(TASK.train_sampler(cfg, train, ctx))[:8]
+    data = TASK.dataset(cfg, None, "train", ctx)
+    batch = TASK.collate_fn(cfg, ctx)([data[k] for k in sampled])
+    problem_of = dict(zip(data.keys, ctx.state["problem"]))
+    assert [problem_of[k] for k in batch["keys"].tolist()] == \
+        ctx.state["problem"].unique()[batch[GROUPS].numpy()].tolist()
+    with pytest.raises(ConfigError, match="in_batch_pairs=true needs encoder=bi"):
+        TASK.in_batch(config(demo_data, "in_batch_pairs=true"))
 
 
 def test_experiment_configs_load():
