@@ -239,7 +239,7 @@ def tiny_runs(demo_data, tmp_path_factory):
     from common import api
     runs_dir = tmp_path_factory.mktemp("runs")
     runs = {}
-    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi"]),
+    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi", "in_batch_pairs=false"]),
                         ("bi-inbatch", ["experiment=bi", "in_batch_pairs=true"])):
         cfg = TASK.config([f"data_dir={demo_data}", f"runs_dir={runs_dir}", f"run_name={name}", *TINY, *extra])
         runs[name] = api.train(TASK, cfg)
