@@ -265,6 +265,7 @@ def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
     inputs.update(a=a, b=b)
     return inputs, (groups[a] == groups[b]).float()
 
+
 class BiEncoder(nn.Module):
     """Siamese encoder: backbone -> mean pooling over the mask -> L2-normalised embedding; the output is the
     cosine similarity of the two sides, shape (batch, 1). In eval mode, embeddings are cached by content key;
@@ -605,7 +606,7 @@ class PairTextTask(TextTask):
             return super().train_loss(cfg, model, batch, loss_fn)
         inputs, y = in_batch_pairs(batch)
         cos = model(**inputs).view(-1)
-        # positives and negatives weigh half each (a batch has ~30x more negatives); a side that is absent, none
+        # positives and negatives weigh half each (a batch has ~30x more negatives); a class it lacks adds nothing
         parts = [loss_fn(cos[side], y[side]) for side in (y > 0, y == 0) if side.any()]
         return sum(parts) / len(parts)
 
