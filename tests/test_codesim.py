@@ -326,9 +326,9 @@ def test_in_batch_pairs_label_every_pair_of_distinct_programs_by_group():
     assert GROUPS not in inputs and "target" not in inputs and inputs["input_ids"] is batch["input_ids"]
 
 
-def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data, tmp_path):
+def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data):
     from common.errors import ConfigError
-    from common.pairs import GROUPS, pair_batch
+    from common.pairs import pair_batch
     cfg = config(demo_data, "experiment=bi", "in_batch_pairs=true")
     seen = []
 
@@ -339,8 +339,14 @@ def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data, tmp_p
     loss = TASK.train_loss(cfg, every_pair_at_cosine_one, pair_batch(in_batch_items(), 0), TASK.loss_fn(cfg, None, None))
     # 10 pairs, 2 positives (loss 0) and 8 negatives (loss 1): balanced 0.5, where a plain mean would give 0.8
     assert seen == [10] and loss.item() == pytest.approx(0.5)
-    # a training fold's batches carry each program's problem
+    with pytest.raises(ConfigError, match="in_batch_pairs=true needs encoder=bi"):
+        TASK.in_batch(config(demo_data, "in_batch_pairs=true"))
+
+
+def test_in_batch_training_batches_carry_each_programs_problem(demo_data, tmp_path):
+    from common.pairs import GROUPS
     from common.task import FoldContext
+    cfg = config(demo_data, "experiment=bi", "in_batch_pairs=true")
     train = TASK.load_train(cfg)
     ctx = FoldContext(fold=0, dir=tmp_path, run_dir=tmp_path)
     ctx.state = TASK.fit_fold(cfg, train[TASK.folds(cfg, train) == 1].reset_index(drop=True), tmp_path)
@@ -351,8 +357,6 @@ def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data, tmp_p
     problem_of = dict(zip(data.keys, ctx.state["problem"]))
     assert [problem_of[k] for k in batch["keys"].tolist()] == \
         ctx.state["problem"].unique()[batch[GROUPS].numpy()].tolist()
-    with pytest.raises(ConfigError, match="in_batch_pairs=true needs encoder=bi"):
-        TASK.in_batch(config(demo_data, "in_batch_pairs=true"))
 
 
 def test_experiment_configs_load():
