@@ -165,7 +165,12 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         image = self.cache(self.paths[i]) if self.cache else read_image(self.paths[i])
-        item = {"image": self.transforms[i](image=image)["image"], "index": i}
+        transform = self.transforms[i]
+        # albumentations 2 draws from its own generator, seeded from OS entropy (the global seeds do not reach it):
+        # seed it from torch's, which the trainer seeds every epoch, a worker from its base seed and a resume from
+        # the checkpoint, so a run's augmentations (and its score) repeat with its seed.
+        transform.set_random_seed(int(torch.randint(1 << 31, ())))
+        item = {"image": transform(image=image)["image"], "index": i}
         if self.targets is not None:
             item["target"] = self.targets[i]
         return item

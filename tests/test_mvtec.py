@@ -49,6 +49,16 @@ def test_train_reports_macro_f1_per_label_f1_and_a_confusion_matrix(trained):
     assert len(oof) == 48 and oof["index"].is_unique and oof[classes].sum(axis=1).round(4).eq(1).all()
 
 
+def test_the_same_config_trains_to_the_same_oof_bit_for_bit(trained, tmp_path, monkeypatch):
+    """Augmentation included (albumentations has its own generator): a rerun or an ablation against it is fair."""
+    root, _ = trained
+    monkeypatch.chdir(tmp_path)
+    cli.train(TASK, [f"data_dir={shared_data('mvtec')}", "run_name=again", *TINY])
+    first, again = (pd.read_csv(d / "runs/mvtec" / name / "oof.csv") for d, name in [(root, "tiny"),
+                                                                                        (tmp_path, "again")])
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+
+
 def test_submit_infers_the_latest_run_with_tta_and_matches_the_sample(trained, monkeypatch, capsys):
     root, _ = trained
     data = shared_data("mvtec")

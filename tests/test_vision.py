@@ -118,6 +118,24 @@ def test_dataset_uses_one_pipeline_per_row(tmp_path):
     assert not torch.allclose(a["image"], b["image"])  # the second row went through its own (inverting) pipeline
 
 
+def test_augmentations_repeat_with_torchs_seed_in_the_main_process_and_in_workers(tmp_path):
+    path = tmp_path / "noise.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    augment = {"HorizontalFlip": {"p": 0.5}, "RandomBrightnessContrast": {"p": 1.0}}
+    ds = ImageDataset([path] * 6, build_transforms(image_cfg(image_size=16, augment=augment), train=True))
+
+    def epoch(workers):
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(0))
+        return torch.cat([batch["image"] for batch in loader])
+
+    for workers in [0, 2]:
+        images = epoch(workers)
+        assert torch.equal(images, epoch(workers))
+        assert len({round(float(x.sum()), 3) for x in images}) == 6  # each item still draws its own augmentation
+
+
 def test_tta_views_transform_the_image_only_and_cover_every_combination():
     """ttach views at the batch level: other inputs ride along unchanged (image + tabular batches)."""
     x = torch.randn(2, 3, 8, 8)
