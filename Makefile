@@ -1,4 +1,4 @@
-# make <c>-train|<c>-infer|<c>-submit|<c>-ensemble|<c>-tune|<c>-push|<c>-data|<c>-runs|<c>-dashboard,
+# make <c>-train|<c>-infer|<c>-submit|<c>-rescore|<c>-ensemble|<c>-tune|<c>-push|<c>-data|<c>-runs|<c>-dashboard,
 # make demo, make test.
 #   ARGS="key=value ..."  config overrides        RUN=<name>  the run to create / resume / use
 #   RUNS="a b"  runs to blend (ensemble)           RUN2=<name> second run to compare (armyworm-gradcam)
@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 COMPETITIONS := usppm mvtec armyworm codesim growth
 DEMOS  := usppm mvtec armyworm codesim growth
-COMMANDS := train infer submit ensemble tune push
+COMMANDS := train infer submit rescore ensemble tune push
 RUN  ?=
 RUN2 ?=
 RUNS ?=
@@ -39,7 +39,7 @@ bench: $(STAMP)   # ratios of the kit against the plain way (benchmarks/, minute
 $(addsuffix -demo,$(COMPETITIONS)): %-demo: $(STAMP)
 	$(kit) $* demo $(ARGS)
 
-$(filter %-train %-infer %-submit %-tune,$(TARGETS)): $(STAMP)
+$(filter %-train %-infer %-submit %-rescore %-tune,$(TARGETS)): $(STAMP)
 	$(kit) $(firstword $(subst -, ,$@)) $(lastword $(subst -, ,$@)) $(run_arg) $(ARGS)
 
 $(filter %-ensemble,$(TARGETS)): %-ensemble: $(STAMP)

@@ -10,10 +10,12 @@ behind argument parsing; they return objects and raise (common.errors.UserError 
     preds = api.predict(task, run, "my_test.csv")        # -> DataFrame: id + prediction columns
     path = api.submit(task, run)                         # -> submissions/usppm/<run>.csv
     blend = api.ensemble(task, ["run-a", "run-b"], name="blend")   # -> Run (predict / submit take it too)
+    path, scores = api.rescore(task, run, tta=True)     # -> the OOF again with TTA, and its CV
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,8 +24,8 @@ from omegaconf import DictConfig
 from common.ensemble import blend as ensemble  # noqa: F401  (part of the API)
 from common.ensemble import blend_frames
 from common.errors import NotFound
-from common.io import read_csv, write_csv
-from common.predict import predict_run
+from common.io import read_csv, write_csv, write_json
+from common.predict import predict_run, rescore_oof
 from common.runs import Run
 from common.submission import fill_sample
 from common.task import Task
@@ -94,3 +96,15 @@ def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **o
         raise NotFound(f"{sample}: no sample submission to fill (data_dir={cfg.data_dir})")
     return fill_sample(sample, preds[task.id_column], task.submission_values(preds, run.classes(), run.threshold()),
                        out or Path("submissions") / task.name / f"{run.name}.csv")
+
+
+def rescore(task: Task, run: Run | str | None, **overrides) -> tuple[Path, dict]:
+    """The run's OOF predicted again by its fold models under overrides (tta=True, tta_transforms=[...],
+    batch_size= ...), without retraining: oof_<overrides>.csv and metrics_<overrides>.json in the run folder.
+    Returns the CSV's path and the scores (metric, cv, folds)."""
+    run = open_run(task, run, overrides.get("runs_dir", "runs"))
+    settings = as_overrides({k: v for k, v in overrides.items() if k != "runs_dir"})
+    oof, scores = rescore_oof(task, run, run.config(as_overrides(overrides)))
+    name = re.sub(r"[^\w.=,-]+", "_", "_".join(settings)) or "again"
+    write_json({**scores, "overrides": settings}, run.dir / f"metrics_{name}.json")
+    return write_csv(oof, run.dir / f"oof_{name}.csv"), scores

@@ -92,6 +92,17 @@ def submit(task: Task, argv: list[str] | None = None) -> Path:
     return out
 
 
+def rescore(task: Task, argv: list[str] | None = None) -> Path:
+    """make <c>-rescore RUN=x ARGS="tta=true": the run's OOF predicted again under the overrides, beside its CV."""
+    run, overrides = run_overrides(task, parse_args(argv).overrides)
+    path, scores = api.rescore(task, run, **_as_dict(overrides))
+    trained = f" (the run's own OOF: {run.metrics()['cv']:.4f})" if run.metrics_path.is_file() else ""
+    print(f"CV {scores['metric']}: {scores['cv']:.4f}{trained}  folds: "
+          f"{', '.join(f'{s:.4f}' for s in scores['folds'])}")
+    print(f"rescored OOF: {path}")
+    return path
+
+
 def _as_dict(overrides: list[str]) -> dict:
     """key=value strings -> {key: parsed value} (api functions take keyword overrides)."""
     return OmegaConf.to_container(OmegaConf.from_dotlist(overrides), resolve=True) if overrides else {}

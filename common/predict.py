@@ -1,5 +1,6 @@
 """Test predictions of a run: the mean over its fold models, each with its own fitted fold state applied to the
-test rows, and over the task's TTA views of every batch. A blend predicts through its runs, then blends."""
+test rows, and over the task's TTA views of every batch. A blend predicts through its runs, then blends.
+rescore_oof predicts each fold's validation rows again the same way: what a prediction setting (TTA) does to CV."""
 from __future__ import annotations
 
 import joblib
@@ -9,12 +10,16 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file
 
 from common.errors import NotFound
+from common.metrics import get_metric, scores_with_threshold
 from common.runs import Run
 from common.task import FoldContext, Task
 from common.trainer import (
     ESTIMATOR_FILE,
+    assign_folds,
     create_accelerator,
     estimator_predict,
+    fold_split,
+    load_train_frame,
     oof_frame,
     predict_dataloader,
     predict_loader,
@@ -34,6 +39,21 @@ def load_fold_model(task: Task, cfg: DictConfig, run: Run, ctx: FoldContext, n_o
     return model
 
 
+def predict_fold(task: Task, cfg: DictConfig, run: Run, ctx: FoldContext, frame: pd.DataFrame, mode: str,
+                 n_outputs: int, accelerator=None) -> tuple[np.ndarray, bool, object]:
+    """One fold's predictions for `frame` (rows x outputs), whether TTA views were averaged, and the accelerator
+    (made on first use, then reused)."""
+    if (ctx.dir / ESTIMATOR_FILE).is_file():  # trees: no views to average
+        return estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, frame, ctx)), False, \
+            accelerator
+    accelerator = accelerator or create_accelerator(cfg)
+    loader = predict_dataloader(task, cfg, frame, mode, ctx)
+    model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, n_outputs), loader)
+    preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=bool(cfg.tta))
+    accelerator.free_memory()
+    return preds.reshape(len(frame), n_outputs), bool(cfg.tta), accelerator
+
+
 def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd.DataFrame:
     """Frame of id + one column per class (or `pred`): the mean over the run's finished folds."""
     folds = run.finished_folds()
@@ -44,16 +64,34 @@ def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd
     total = np.zeros((len(test), len(classes)), dtype=np.float64)
     accelerator = None
     for fold in folds:
-        ctx = fold_context(task, cfg, run, fold)
-        tta = bool(cfg.tta)
-        if (ctx.dir / ESTIMATOR_FILE).is_file():  # trees: no views to average
-            preds, tta = estimator_predict(task, joblib.load(ctx.dir / ESTIMATOR_FILE), task.features(cfg, test, ctx)), False
-        else:
-            accelerator = accelerator or create_accelerator(cfg)
-            loader = predict_dataloader(task, cfg, test, "test", ctx)
-            model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, len(classes)), loader)
-            preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=tta)
-            accelerator.free_memory()
-        total += preds.reshape(len(test), len(classes))
+        preds, tta, accelerator = predict_fold(task, cfg, run, fold_context(task, cfg, run, fold), test, "test",
+                                               len(classes), accelerator)
+        total += preds
         print(f"fold {fold}: predicted {len(test)} rows{' with TTA' if tta else ''}")
     return oof_frame(task, test, total / len(folds), classes)
+
+
+def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, dict]:
+    """Each finished fold's validation rows predicted again by its saved model under cfg (the run's config with
+    overrides such as tta=true): the OOF frame in train order and its scores, cut where the run cuts. No
+    retraining, so one setting costs one pass over the train set."""
+    folds = run.finished_folds()
+    if not folds:
+        raise NotFound(f"{run.dir}: no finished fold to rescore")
+    if run.blend_spec() is not None:
+        raise NotFound(f"{run.dir} is a blend: rescore its runs, then blend them again")
+    train_df, classes = load_train_frame(task, cfg)
+    train_df["fold"] = assign_folds(run, task, cfg, train_df, is_main=False)  # the run's own folds.csv
+    parts, accelerator = [], None
+    for fold in folds:
+        _, val = fold_split(task, cfg, train_df, fold)
+        preds, _, accelerator = predict_fold(task, cfg, run, fold_context(task, cfg, run, fold), val, "valid",
+                                             len(classes), accelerator)
+        parts.append(oof_frame(task, val, preds, classes))
+    oof = pd.concat(parts, ignore_index=True)
+    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
+    oof = oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
+    metric = get_metric(task.metric)
+    cv, fold_scores = scores_with_threshold(metric, oof, classes, run.threshold())
+    return oof, {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv,
+                 "folds": fold_scores, "n_rows": len(oof)}

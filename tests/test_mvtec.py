@@ -4,6 +4,7 @@ import json
 import shutil
 import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
@@ -57,6 +58,24 @@ def test_the_same_config_trains_to_the_same_oof_bit_for_bit(trained, tmp_path, m
     first, again = (pd.read_csv(d / "runs/mvtec" / name / "oof.csv") for d, name in [(root, "tiny"),
                                                                                         (tmp_path, "again")])
     pd.testing.assert_frame_equal(first, again, check_exact=True)
+
+
+def test_rescore_repeats_the_trained_oof_and_scores_tta_without_retraining(trained, monkeypatch, capsys):
+    root, metrics = trained
+    monkeypatch.chdir(root)
+    run = root / "runs/mvtec/tiny"
+    classes = json.loads((run / "classes.json").read_text())
+    same = cli.rescore(TASK, ["run_name=tiny"])  # nothing changed: the fold models give back the saved OOF
+    assert same.name == "oof_again.csv" and "(the run's own OOF: " in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(same), pd.read_csv(run / "oof.csv"), atol=1e-5)
+    assert json.loads((run / "metrics_again.json").read_text())["cv"] == pytest.approx(metrics["cv"])
+    tta = cli.rescore(TASK, ["run_name=tiny", "tta=true", "tta_transforms=[multiply]"])
+    assert tta.name == "oof_tta=true_tta_transforms=_multiply_.csv"
+    rescored, trained_oof = pd.read_csv(tta), pd.read_csv(run / "oof.csv")
+    assert rescored[["index", "fold", "target"]].equals(trained_oof[["index", "fold", "target"]])
+    assert not np.allclose(rescored[classes], trained_oof[classes])  # the brightness views moved the mean
+    saved = json.loads((run / "metrics_tta=true_tta_transforms=_multiply_.json").read_text())
+    assert saved["overrides"] == ["tta=true", "tta_transforms=[\"multiply\"]"] and len(saved["folds"]) == 2
 
 
 def test_submit_infers_the_latest_run_with_tta_and_matches_the_sample(trained, monkeypatch, capsys):
