@@ -98,13 +98,17 @@ def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **o
                        out or Path("submissions") / task.name / f"{run.name}.csv")
 
 
+# Overrides that say where things are, not how to predict: left out of a rescored file's name.
+WHERE_KEYS = {"runs_dir", "data_dir", "image_dir", "image_cache", "feature_cache", "num_workers", "num_threads"}
+
+
 def rescore(task: Task, run: Run | str | None, **overrides) -> tuple[Path, dict]:
     """The run's OOF predicted again by its fold models under overrides (tta=True, tta_transforms=[...],
     batch_size= ...), without retraining: oof_<overrides>.csv and metrics_<overrides>.json in the run folder.
     Returns the CSV's path and the scores (metric, cv, folds)."""
     run = open_run(task, run, overrides.get("runs_dir", "runs"))
-    settings = as_overrides({k: v for k, v in overrides.items() if k != "runs_dir"})
+    settings = as_overrides({k: v for k, v in overrides.items() if k not in WHERE_KEYS})
     oof, scores = rescore_oof(task, run, run.config(as_overrides(overrides)))
-    name = re.sub(r"[^\w.=,-]+", "_", "_".join(settings)) or "again"
+    name = re.sub(r"[^\w.=,-]+", "_", "_".join(settings)).strip("_") or "again"
     write_json({**scores, "overrides": settings}, run.dir / f"metrics_{name}.json")
     return write_csv(oof, run.dir / f"oof_{name}.csv"), scores

@@ -69,12 +69,13 @@ def test_rescore_repeats_the_trained_oof_and_scores_tta_without_retraining(train
     assert same.name == "oof_again.csv" and "(the run's own OOF: " in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_csv(same), pd.read_csv(run / "oof.csv"), atol=1e-5)
     assert json.loads((run / "metrics_again.json").read_text())["cv"] == pytest.approx(metrics["cv"])
-    tta = cli.rescore(TASK, ["run_name=tiny", "tta=true", "tta_transforms=[multiply]"])
-    assert tta.name == "oof_tta=true_tta_transforms=_multiply_.csv"
+    tta = cli.rescore(TASK, ["run_name=tiny", "tta=true", "tta_transforms=[multiply]",
+                             f"data_dir={shared_data('mvtec')}"])  # where the data is: not part of the name
+    assert tta.name == "oof_tta=true_tta_transforms=_multiply.csv"
     rescored, trained_oof = pd.read_csv(tta), pd.read_csv(run / "oof.csv")
     assert rescored[["index", "fold", "target"]].equals(trained_oof[["index", "fold", "target"]])
     assert not np.allclose(rescored[classes], trained_oof[classes])  # the brightness views moved the mean
-    saved = json.loads((run / "metrics_tta=true_tta_transforms=_multiply_.json").read_text())
+    saved = json.loads((run / "metrics_tta=true_tta_transforms=_multiply.json").read_text())
     assert saved["overrides"] == ["tta=true", "tta_transforms=[\"multiply\"]"] and len(saved["folds"]) == 2
 
 
