@@ -192,9 +192,9 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
         accelerator.free_memory()
 
     if accelerator.is_main_process:
-        metrics = summarize(task, run, train_df, classes, fold_ids, started)
-        scored = sorted(set(fold_ids) & set(run.finished_folds()))
-        accelerator.log({"cv": metrics["cv"], **{f"fold{f}/best": s for f, s in zip(scored, metrics["folds"])}})
+        metrics = summarize(task, run, train_df, classes, started)
+        accelerator.log({"cv": metrics["cv"],
+                         **{f"fold{f}/best": s for f, s in zip(run.finished_folds(), metrics["folds"])}})
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which a caller
         tracker.finish()                  # (tune, a notebook, torchrun's next run) may still use
     accelerator.wait_for_everyone()
@@ -553,11 +553,11 @@ def last_state_dir(fold_dir: Path) -> Path | None:
 
 
 # ---- the run's summary -----------------------------------------------------------------------------------
-def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], fold_ids: list[int],
-              started: float) -> dict:
-    """oof.csv in train order, metrics.json, threshold.json (binary tasks scored on labels), plots."""
+def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], started: float) -> dict:
+    """oof.csv in train order, metrics.json, threshold.json (binary tasks scored on labels), plots: over every
+    finished fold of the run, whichever invocation (train_folds=) trained it."""
     metric = get_metric(task.metric)
-    done = [f for f in fold_ids if (run.fold_dir(f) / "done.json").is_file()]
+    done = run.finished_folds()
     if not done:
         raise NotFound(f"{run.dir}: no finished fold")
     oof = pd.concat([read_csv(run.fold_dir(f) / "oof.csv") for f in done], ignore_index=True)

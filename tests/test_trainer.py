@@ -132,3 +132,16 @@ def test_num_threads_sets_torch_threads_and_the_default_shares_the_cores(toy, mo
             configure_threads(config("num_threads=0"))
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_trained_a_fold_at_a_time_sums_up_every_finished_fold(toy):
+    task, config = toy
+    first = train(task, config("run_name=piecewise", "train_folds=[0]"))
+    assert len(first.metrics()["folds"]) == 1 and len(pd.read_csv(first.oof_path)) == N_ROWS // 2
+    fold0 = (first.fold_dir(0) / "model.safetensors").stat().st_mtime_ns
+    run = train(task, config("run_name=piecewise", "train_folds=[1]"))  # the same run, the other fold
+    whole = train(task, config("run_name=whole"))
+    assert (run.fold_dir(0) / "model.safetensors").stat().st_mtime_ns == fold0  # fold 0 kept, not retrained
+    assert run.metrics()["cv"] == pytest.approx(whole.metrics()["cv"])
+    assert run.metrics()["folds"] == pytest.approx(whole.metrics()["folds"])
+    pd.testing.assert_frame_equal(pd.read_csv(run.oof_path), pd.read_csv(whole.oof_path))
