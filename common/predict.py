@@ -9,7 +9,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from safetensors.torch import load_file
 
-from common.errors import NotFound
+from common.errors import ConfigError, NotFound
 from common.metrics import get_metric, scores_with_threshold
 from common.runs import Run
 from common.task import FoldContext, Task
@@ -79,7 +79,7 @@ def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, di
     if not folds:
         raise NotFound(f"{run.dir}: no finished fold to rescore")
     if run.blend_spec() is not None:
-        raise NotFound(f"{run.dir} is a blend: rescore its runs, then blend them again")
+        raise ConfigError(f"{run.dir} is a blend: rescore its runs, then blend them again")
     train_df, classes = load_train_frame(task, cfg)
     train_df["fold"] = assign_folds(run, task, cfg, train_df, is_main=False)  # the run's own folds.csv
     parts, accelerator = [], None

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import cli, ensemble
+from common import api, cli, ensemble
+from common.errors import ConfigError
 from common.metrics import get_metric, tune_threshold
 from common.submission import validate
 from competitions.__main__ import main
@@ -47,6 +48,14 @@ def test_the_blend_scores_at_least_the_better_run_and_can_be_submitted(two_runs,
 
     submission = cli.submit(TASK, ["run_name=blend", f"runs_dir={two_runs}"])
     validate(submission, shared_data("usppm") / "sample_submission.csv")
+    with pytest.raises(ConfigError, match="is a blend: rescore its runs, then blend them again"):
+        cli.rescore(TASK, ["run_name=blend", f"runs_dir={two_runs}"])
+
+
+def test_rescoring_a_text_run_as_trained_gives_back_its_cv(two_runs, workdir):
+    path, scores = api.rescore(TASK, "a", runs_dir=two_runs)
+    assert path == two_runs / "usppm/a/oof_again.csv"
+    assert scores["cv"] == pytest.approx(metrics(two_runs, "a")["cv"], abs=1e-6)
 
 
 @pytest.mark.parametrize("args", [["rank=true"], ["method=scipy"], ["method=hill"], ["method=mean"]])
