@@ -75,11 +75,11 @@ def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, di
     """Each finished fold's validation rows predicted again by its saved model under cfg (the run's config with
     overrides such as tta=true): the OOF frame in train order and its scores, cut where the run cuts. No
     retraining, so one setting costs one pass over the train set."""
+    if run.blend_spec() is not None:
+        raise ConfigError(f"{run.dir} is a blend: rescore its runs, then blend them again")
     folds = run.finished_folds()
     if not folds:
         raise NotFound(f"{run.dir}: no finished fold to rescore")
-    if run.blend_spec() is not None:
-        raise ConfigError(f"{run.dir} is a blend: rescore its runs, then blend them again")
     train_df, classes = load_train_frame(task, cfg)
     train_df["fold"] = assign_folds(run, task, cfg, train_df, is_main=False)  # the run's own folds.csv
     parts, accelerator = [], None
