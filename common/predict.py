@@ -19,6 +19,7 @@ from common.trainer import (
     create_accelerator,
     estimator_predict,
     fold_split,
+    in_train_order,
     load_train_frame,
     oof_frame,
     predict_dataloader,
@@ -89,8 +90,7 @@ def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, di
                                              len(classes), accelerator)
         parts.append(oof_frame(task, val, preds, classes))
     oof = pd.concat(parts, ignore_index=True)
-    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
-    oof = oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
+    oof = in_train_order(task, oof, train_df)
     metric = get_metric(task.metric)
     cv, fold_scores = scores_with_threshold(metric, oof, classes, run.threshold())
     return oof, {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv,

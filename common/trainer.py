@@ -553,6 +553,12 @@ def last_state_dir(fold_dir: Path) -> Path | None:
 
 
 # ---- the run's summary -----------------------------------------------------------------------------------
+def in_train_order(task: Task, oof: pd.DataFrame, train_df: pd.DataFrame) -> pd.DataFrame:
+    """OOF rows (gathered fold by fold) in the train frame's row order."""
+    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
+    return oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
+
+
 def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], started: float) -> dict:
     """oof.csv in train order, metrics.json, threshold.json (binary tasks scored on labels), plots: over every
     finished fold of the run, whichever invocation (train_folds=) trained it."""
@@ -561,8 +567,7 @@ def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], 
     if not done:
         raise NotFound(f"{run.dir}: no finished fold")
     oof = pd.concat([read_csv(run.fold_dir(f) / "oof.csv") for f in done], ignore_index=True)
-    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
-    oof = oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
+    oof = in_train_order(task, oof, train_df)
     write_csv(oof, run.oof_path)
     y, p = oof["target"].to_numpy(), oof[classes].to_numpy()
     threshold = tune_threshold(y, p[:, 0], metric) if task.thresholded else None
