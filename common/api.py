@@ -77,10 +77,12 @@ def predict_test(task: Task, run: Run | str | None, **overrides) -> Path:
 
 
 def submission_frame(task: Task, run: Run, preds: pd.DataFrame, cfg: DictConfig | None = None) -> pd.DataFrame:
-    """id column + target column, named as in the sample submission; labels cut at the run's threshold."""
+    """id column + target column, named as in the sample submission; labels as the run decides them (its
+    threshold or class biases)."""
     id_col, target_col = task.submission_columns(cfg or run.config())
     return pd.DataFrame({id_col: preds[task.id_column].to_numpy(),
-                         target_col: task.submission_values(preds, run.classes(), run.threshold()).to_numpy()})
+                         target_col: task.submission_values(preds, run.classes(), run.threshold(),
+                                                             run.class_bias()).to_numpy()})
 
 
 def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **overrides) -> Path:
@@ -94,8 +96,9 @@ def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **o
     sample = task.sample_submission_path(cfg)
     if not sample.is_file():
         raise NotFound(f"{sample}: no sample submission to fill (data_dir={cfg.data_dir})")
-    return fill_sample(sample, preds[task.id_column], task.submission_values(preds, run.classes(), run.threshold()),
-                       out or Path("submissions") / task.name / f"{run.name}.csv")
+    values = task.submission_values(preds, run.classes(), run.threshold(), run.class_bias())
+    out = out or Path("submissions") / task.name / f"{run.name}.csv"
+    return fill_sample(sample, preds[task.id_column], values, out)
 
 
 # Overrides that say where things are, not how to predict: left out of a rescored file's name.

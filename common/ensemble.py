@@ -4,10 +4,11 @@ The runs must share their folds (same split, same OOF rows). Non-negative weight
 the OOF predictions for the competition's metric and direction, by scipy's SLSQP and by hill climbing (Caruana's
 ensemble selection, which starts from the best single run, so the blend is never worse on OOF); `method=auto` keeps
 the better of the two. Classification blends probabilities (labels come after, at submission time); `rank=true`
-blends ranks instead of scores (for AUC); a binary task scored on labels re-tunes its threshold on the blended OOF.
+blends ranks instead of scores (for AUC); a binary task scored on labels re-tunes its threshold on the blended OOF,
+and `class_bias=true` tunes per-class biases on it (a multiclass task scored on labels; the runs' own are not used).
 
 The blend is written as a run folder (config.yaml, classes.json, folds.csv, oof.csv, blend.json: the recipe,
-metrics.json with the blend's CV, the runs' CVs and the weights, threshold.json for a thresholded task,
+metrics.json with the blend's CV, the runs' CVs and the weights, threshold.json for a thresholded task, class_bias.json,
 test_preds.csv), so `make <c>-infer|submit|push RUN=<blend>` work on it as on a trained run.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from scipy.stats import rankdata
 from common.config import to_yaml
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, require_columns, write_csv, write_json
-from common.metrics import Metric, get_metric, score_with_cut_from_other_folds, scores_with_threshold, tune_threshold
+from common.metrics import Metric, get_metric, scores_with_threshold, tune_decision, tune_threshold
 from common.runs import Run
 from common.task import Task
 
@@ -33,6 +34,7 @@ ENSEMBLE_ARGS = {
     "runs_dir": "runs",
     "method": "auto",    # scipy | hill | auto (both; keep the better OOF score) | mean (equal weights, no search)
     "rank": False,       # blend ranks, not scores: for metrics that only rank (AUC); one prediction column only
+    "class_bias": False,  # tune per-class biases on the blended OOF (multiclass tasks scored on labels)
 }
 
 
@@ -40,17 +42,19 @@ def command(task: Task, argv: list[str] | None = None) -> Run:
     """make <c>-ensemble RUNS="a b" RUN=blend ARGS="method=hill rank=true"."""
     from common import cli
     args = cli.command_args(argv, ENSEMBLE_ARGS, "ensemble")
-    return blend(task, str(args.runs or "").split(), args.run_name, args.method, bool(args.rank), args.runs_dir)
+    return blend(task, str(args.runs or "").split(), args.run_name, args.method, bool(args.rank), args.runs_dir,
+                 bool(args.class_bias))
 
 
 def blend(task: Task, runs: list[str | Run], name: str | None = None, method: str = "auto", rank: bool = False,
-          runs_dir: str = "runs") -> Run:
+          runs_dir: str = "runs", class_bias: bool = False) -> Run:
     """Blend trained runs (or blends) on their shared OOF into a new run folder `name`; returns it."""
     names = [r.name if isinstance(r, Run) else r for r in runs]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(f"ensemble needs two or more different runs, e.g. RUNS=\"a b\"; got {names}")
     if method not in ("auto", "scipy", "hill", "mean"):
         raise ConfigError(f"method must be auto, scipy, hill or mean, got {method!r}")
+    tune_bias = task.tunes_class_bias({"class_bias": class_bias})  # refused before any run is read
     runs = [r if isinstance(r, Run) else Run.open(task.name, r, runs_dir) for r in runs]
     metric = get_metric(task.metric)
     oof = shared_oof(task, runs)
@@ -69,7 +73,7 @@ def blend(task: Task, runs: list[str | Run], name: str | None = None, method: st
             "method": found_by, "rank": bool(rank), "run_cv": {n: run_score(task, metric, y, p) for n, p in preds.items()}}
     blend_oof = oof[0][[task.id_column, "fold", "target"]].copy()
     blend_oof[classes] = apply_blend([preds[n] for n in spec["runs"]], spec)
-    out = write_blend(task, runs, name, blend_oof, spec, metric)
+    out = write_blend(task, runs, name, blend_oof, spec, metric, tune_bias)
     print_report(out, metric)
     return out
 
@@ -216,7 +220,7 @@ def blend_frames(task: Task, blend_run: Run, frames: list[pd.DataFrame]) -> pd.D
 
 # ---- output ---------------------------------------------------------------------------------------------
 def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.DataFrame, spec: dict,
-                metric: Metric) -> Run:
+                metric: Metric, tune_bias: bool = False) -> Run:
     name = name or time.strftime("blend-%Y%m%d-%H%M%S")
     blend = Run(runs[0].dir.parent / name)
     if any(p.is_dir() for p in blend.dir.glob("fold*")):  # fold folders; folds.csv is a blend's too (re-runs)
@@ -234,18 +238,12 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
     write_csv(blend_oof, blend.oof_path)
     write_json(spec, blend.blend_path)
     classes = blend.classes()
-    y = blend_oof["target"].to_numpy()
-    threshold = tune_threshold(y, blend_oof[classes[0]].to_numpy(), metric) if task.thresholded else None
-    if threshold is not None:  # re-tuned on the blended OOF
-        write_json({"threshold": threshold, "tuned_on": "oof.csv (blend)"}, blend.threshold_path)
-    else:
-        blend.threshold_path.unlink(missing_ok=True)
-    cv, folds = scores_with_threshold(metric, blend_oof, classes, threshold)
+    threshold, bias, decision = tune_decision(metric, blend_oof["target"].to_numpy(), blend_oof[classes].to_numpy(),
+                                              blend_oof["fold"].to_numpy(), classes, task.thresholded, tune_bias)
+    blend.save_decision(threshold, bias, "oof.csv (blend)")  # re-tuned on the blended OOF
+    cv, folds = scores_with_threshold(metric, blend_oof, classes, threshold, bias)
     metrics = {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": folds,
-               "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"]}
-    if threshold is not None:
-        metrics["cv_cut_from_other_folds"] = score_with_cut_from_other_folds(
-            metric, y, blend_oof[classes[0]].to_numpy(), blend_oof["fold"].to_numpy())
+               "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"], **decision}
     write_json(metrics, blend.metrics_path)
     write_blend_test_predictions(task, blend, cfg)
     task.plots(cfg, blend_oof, classes, blend.plots_dir)
@@ -283,4 +281,8 @@ def print_report(blend: Run, metric: Metric) -> None:
     if m.get("threshold") is not None:
         print(f"  threshold re-tuned on the blended OOF: {m['threshold']:.4f}; each fold cut where the other folds "
               f"say: {m['cv_cut_from_other_folds']:.5f}")
+    if m.get("class_bias") is not None:
+        honest = m.get("cv_bias_from_other_folds")
+        print(f"  class biases tuned on the blended OOF ({m['cv_argmax']:.5f} at argmax)"
+              + (f"; each fold's biases from the other folds: {honest:.5f}" if honest is not None else ""))
     print(f"blend run: {blend.dir}  ->  make {blend.dir.parent.name}-submit RUN={blend.name}")

@@ -1,6 +1,7 @@
 """Class imbalance for classification tasks: re-sampling the training rows (replicating rare labels, thinning
 common ones), a balanced sampler, cost-sensitive class weights, focal loss, label smoothing, mixup, and extra
-augmentation for minority labels only. Each is a config key (IMBALANCE_DEFAULTS); all are off by default.
+augmentation for minority labels only, and per-class decision biases tuned on OOF for the metric (class_bias,
+common/metrics.py). Each is a config key (IMBALANCE_DEFAULTS); all are off by default.
 
 A task opts in with the mixin, placed before its base class:  class MyTask(ImbalanceMixin, ImageTask)
 and adds IMBALANCE_DEFAULTS to its config_defaults. Minority-only augmentation needs the task's image pipelines:
@@ -34,6 +35,8 @@ IMBALANCE_DEFAULTS = {
     "mixup_alpha": 0.0,         # mixup: lambda ~ Beta(alpha, alpha), batch mixed with a shuffled copy; 0 -> off
     "minority_augment": None,   # extra albumentations {ClassName: {arg: value}} for minority-label rows only
     "minority_below": 50,       # a label is a minority label when the fold trains on fewer images of it than this
+    "class_bias": False,        # per-class biases on the log-probabilities tuned on OOF for the metric (class_bias.json,
+                                # used by submit; may change when a finished run is trained again: seconds, no fold)
 }
 
 SAMPLERS = (None, "weighted")

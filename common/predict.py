@@ -92,6 +92,6 @@ def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, di
     oof = pd.concat(parts, ignore_index=True)
     oof = in_train_order(task, oof, train_df)
     metric = get_metric(task.metric)
-    cv, fold_scores = scores_with_threshold(metric, oof, classes, run.threshold())
+    cv, fold_scores = scores_with_threshold(metric, oof, classes, run.threshold(), run.class_bias())
     return oof, {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv,
                  "folds": fold_scores, "n_rows": len(oof)}

@@ -4,6 +4,7 @@
     classes.json     prediction columns         oof.csv       id, fold, target, <prediction columns>
     metrics.json     {"metric", "greater_is_better", "cv", "folds": [...]}
     threshold.json   the cut tuned on OOF (binary tasks scored on labels); submit uses it
+    class_bias.json  per-class biases tuned on OOF (multiclass tasks scored on labels, class_bias=true); submit too
     blend.json       a blend's recipe (runs, weights, rank); a blend has no fold folders
     fold<k>/         model.safetensors or model.joblib (best), fitted fold state, last/ (resume state),
                      oof.csv, history.csv, done.json
@@ -15,11 +16,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from common.config import config_diff, merge_checked, to_yaml, upgrade
 from common.errors import ConfigError, NotFound
-from common.io import atomic_path, read_json
+from common.io import atomic_path, read_json, write_json
 
 
 class Run:
@@ -74,6 +76,7 @@ class Run:
     metrics_path = property(lambda self: self.dir / "metrics.json")
     test_preds_path = property(lambda self: self.dir / "test_preds.csv")
     threshold_path = property(lambda self: self.dir / "threshold.json")
+    class_bias_path = property(lambda self: self.dir / "class_bias.json")
     blend_path = property(lambda self: self.dir / "blend.json")
     plots_dir = property(lambda self: self.dir / "plots")
 
@@ -95,6 +98,26 @@ class Run:
     def threshold(self) -> float | None:
         """The decision cut tuned on this run's OOF (binary tasks scored on labels); None: 0.5 / not thresholded."""
         return read_json(self.threshold_path)["threshold"] if self.threshold_path.is_file() else None
+
+    def class_bias(self) -> np.ndarray | None:
+        """Per-class biases on the log-probabilities, tuned on this run's OOF, in classes.json order; None: argmax."""
+        if not self.class_bias_path.is_file():
+            return None
+        saved = read_json(self.class_bias_path)["bias"]
+        return np.array([saved[c] for c in self.classes()], dtype=float)
+
+    def save_decision(self, threshold: float | None, class_bias: np.ndarray | None, tuned_on: str) -> None:
+        """threshold.json and class_bias.json as tuned this time; one not tuned now is removed, so submit never
+        applies a rule that no longer matches the OOF."""
+        if threshold is not None:
+            write_json({"threshold": threshold, "tuned_on": tuned_on}, self.threshold_path)
+        else:
+            self.threshold_path.unlink(missing_ok=True)
+        if class_bias is not None:
+            bias = {c: round(float(b), 4) for c, b in zip(self.classes(), class_bias)}
+            write_json({"bias": bias, "tuned_on": tuned_on}, self.class_bias_path)
+        else:
+            self.class_bias_path.unlink(missing_ok=True)
 
     def blend_spec(self) -> dict | None:
         """A blend's recipe (runs, weights, rank); None for a trained run. Blends made before blend.json kept it

@@ -15,7 +15,7 @@ class attributes and implements what is truly its own. The hooks, in the order t
       loss_fn(cfg, train, ctx), train_loss(cfg, model, batch, loss_fn), activate(cfg, logits)
       estimator(cfg) + features(cfg, df, ctx)        instead of the four above: a model that is not a network
     load_test(cfg, path), tta_views(cfg, batch)      prediction: per fold, its state applied to the test rows
-    submission_values(preds, classes, threshold)    predictions -> the leaderboard's target column
+    submission_values(preds, classes, threshold, class_bias)   predictions -> the leaderboard's target column
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from torch import nn
 
 from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
+from common.metrics import with_class_bias
 from common.io import plain, read_csv, require_columns
 
 TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
@@ -199,11 +200,26 @@ class Task(ABC):
         """A binary task scored on labels: its cut is tuned on the run's OOF (threshold.json) and used by submit."""
         return self.kind == "binary" and self.metric in ("accuracy", "macro_f1")
 
-    def submission_values(self, preds: pd.DataFrame, classes: list[str], threshold: float | None = None) -> pd.Series:
+    def tunes_class_bias(self, cfg: DictConfig) -> bool:
+        """class_bias=true on a multiclass task scored on labels: per-class biases are tuned on the run's OOF
+        (class_bias.json) and used by submit. Refused on any other task, before anything trains."""
+        if not cfg.get("class_bias"):
+            return False
+        if self.kind != "multiclass" or self.metric not in ("accuracy", "macro_f1"):
+            raise ConfigError(f"class_bias=true is for multiclass tasks scored on labels; {self.name} is "
+                              f"{self.kind}, scored by {self.metric}")
+        return True
+
+    def submission_values(self, preds: pd.DataFrame, classes: list[str], threshold: float | None = None,
+                          class_bias: np.ndarray | None = None) -> pd.Series:
         """Prediction frame (classes as columns) -> the leaderboard's target column.
-        Probabilities where the metric ranks, labels where it counts (binary: cut at the run's threshold)."""
+        Probabilities where the metric ranks, labels where it counts (binary: cut at the run's threshold;
+        multiclass: argmax, after the run's class biases if it has them)."""
         if self.kind == "multiclass":
-            return preds[classes].idxmax(axis=1)
+            if class_bias is None:
+                return preds[classes].idxmax(axis=1)
+            scores = with_class_bias(preds[classes].to_numpy(dtype=float), class_bias)
+            return pd.Series(np.asarray(classes)[scores.argmax(axis=1)], index=preds.index)
         if self.thresholded:
             return (preds["pred"] >= (0.5 if threshold is None else threshold)).astype(int)
         return preds["pred"]

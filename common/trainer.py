@@ -31,7 +31,7 @@ from transformers import get_scheduler
 from common import plots
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, read_json, write_csv, write_json
-from common.metrics import get_metric, score_with_cut_from_other_folds, scores_with_threshold, tune_threshold
+from common.metrics import get_metric, scores_with_threshold, tune_decision
 from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
 from common.threads import configure_threads, one_thread_worker
@@ -166,6 +166,7 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
     if not cfg.run_name:  # every process must agree on the timestamped name
         cfg.run_name = broadcast_object_list([time.strftime("%Y%m%d-%H%M%S")])[0]
     train_df, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written
+    task.tunes_class_bias(cfg)  # so does class_bias=true on a task it is not for
     run = Run.create(task.name, cfg, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     accelerator.print(f"run folder: {run.dir}")
@@ -192,7 +193,7 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
         accelerator.free_memory()
 
     if accelerator.is_main_process:
-        metrics = summarize(task, run, train_df, classes, started)
+        metrics = summarize(task, cfg, run, train_df, classes, started)
         accelerator.log({"cv": metrics["cv"],
                          **{f"fold{f}/best": s for f, s in zip(run.finished_folds(), metrics["folds"])}})
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which a caller
@@ -559,9 +560,11 @@ def in_train_order(task: Task, oof: pd.DataFrame, train_df: pd.DataFrame) -> pd.
     return oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
 
 
-def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], started: float) -> dict:
-    """oof.csv in train order, metrics.json, threshold.json (binary tasks scored on labels), plots: over every
-    finished fold of the run, whichever invocation (train_folds=) trained it."""
+def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, classes: list[str],
+              started: float) -> dict:
+    """oof.csv in train order, metrics.json, the decision rule tuned on OOF (threshold.json for binary tasks scored
+    on labels, class_bias.json with class_bias=true), plots: over every finished fold of the run, whichever
+    invocation (train_folds=) trained it."""
     metric = get_metric(task.metric)
     done = run.finished_folds()
     if not done:
@@ -569,9 +572,11 @@ def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], 
     oof = pd.concat([read_csv(run.fold_dir(f) / "oof.csv") for f in done], ignore_index=True)
     oof = in_train_order(task, oof, train_df)
     write_csv(oof, run.oof_path)
-    y, p = oof["target"].to_numpy(), oof[classes].to_numpy()
-    threshold = tune_threshold(y, p[:, 0], metric) if task.thresholded else None
-    cv, fold_scores = scores_with_threshold(metric, oof, classes, threshold)
+    threshold, bias, decision = tune_decision(metric, oof["target"].to_numpy(), oof[classes].to_numpy(),
+                                              oof["fold"].to_numpy(), classes, task.thresholded,
+                                              task.tunes_class_bias(cfg))
+    run.save_decision(threshold, bias, "oof.csv")
+    cv, fold_scores = scores_with_threshold(metric, oof, classes, threshold, bias)
     metrics = {
         "metric": metric.name,
         "greater_is_better": metric.greater_is_better,
@@ -581,14 +586,8 @@ def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], 
         "n_rows": len(oof),
         "wall_time_s": round(time.time() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **decision,
     }
-    if threshold is not None:
-        metrics["threshold"] = threshold
-        metrics["cv_at_0.5"] = metric(y, p)
-        if len(done) > 1:
-            metrics["cv_cut_from_other_folds"] = score_with_cut_from_other_folds(metric, y, p[:, 0],
-                                                                                 oof["fold"].to_numpy())
-        write_json({"threshold": threshold, "tuned_on": "oof.csv"}, run.threshold_path)
     write_json(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
@@ -598,6 +597,11 @@ def summarize(task: Task, run: Run, train_df: pd.DataFrame, classes: list[str], 
         cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5"
         if "cv_cut_from_other_folds" in metrics:
             cut += f", {metrics['cv_cut_from_other_folds']:.4f} with each fold cut where the other folds say"
+        cut += ")"
+    if bias is not None:
+        cut = f" (class biases tuned on OOF; {metrics['cv_argmax']:.4f} at argmax"
+        if "cv_bias_from_other_folds" in metrics:
+            cut += f", {metrics['cv_bias_from_other_folds']:.4f} with each fold's biases from the other folds"
         cut += ")"
     print(f"CV {metric.name}: {cv:.4f}{cut}  folds: {', '.join(f'{s:.4f}' for s in fold_scores)}")
     return metrics

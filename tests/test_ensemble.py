@@ -95,6 +95,7 @@ def test_runs_on_other_folds_are_refused_by_name(two_runs, workdir, capsys):
     (["runs=a b", "method=magic"], "method must be auto, scipy, hill or mean"),
     (["runs=a b", "weights=1"], "unknown config key 'weights'"),
     (["runs=a b", "run_name=a"], "is a trained run, not a blend"),
+    (["runs=a b", "class_bias=true"], "class_bias=true is for multiclass tasks scored on labels; usppm is regression"),
 ])
 def test_bad_ensemble_arguments_are_named(two_runs, workdir, capsys, args, message):
     with pytest.raises(SystemExit):

@@ -54,3 +54,33 @@ def test_a_cut_tuned_on_the_other_folds_scores_what_it_is_worth_on_unseen_rows()
     assert on_all_rows == 0.75
     # fold 0 cut where fold 1 says (> 0.7): both rows negative; fold 1 cut at fold 0's 0.5: both positive
     assert score_with_cut_from_other_folds(accuracy, y, p, folds) == 0.5
+
+
+def test_class_biases_recover_a_rare_label_that_argmax_misses():
+    from common.metrics import tune_class_bias, with_class_bias
+    macro_f1 = get_metric("macro_f1")
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+                  [0.5, 0.1, 0.4], [0.5, 0.05, 0.45]])  # the rare label 2 always second to label 0
+    assert macro_f1(y, p) == pytest.approx(f1_score(y, [0, 0, 1, 1, 0, 0], average="macro"))
+    bias = tune_class_bias(y, p, macro_f1)
+    assert macro_f1(y, with_class_bias(p, bias)) == 1.0
+    assert bias[2] - bias[0] > np.log(0.5 / 0.4)  # label 2 raised against label 0, by what it takes
+    separated = np.eye(3)[y] * 0.8 + 0.1
+    assert tune_class_bias(y, separated, macro_f1).tolist() == [0.0, 0.0, 0.0]  # argmax already best: no bias
+
+
+def test_biases_tuned_on_the_other_folds_score_what_they_are_worth_on_unseen_rows():
+    from common.metrics import score_with_bias_from_other_folds, tune_class_bias, with_class_bias
+    macro_f1 = get_metric("macro_f1")
+    # Fold 0 needs label 2 raised (its label-2 rows are second to label 0); fold 1 needs it not raised (its
+    # label-0 rows are a hair from label 2), so what one fold teaches is wrong for the other.
+    y = np.array([0, 1, 2, 2, 0, 0, 1, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4], [0.5, 0.1, 0.4],
+                  [0.45, 0.1, 0.44], [0.45, 0.11, 0.44], [0.1, 0.8, 0.1], [0.3, 0.1, 0.6]])
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    on_all_rows = macro_f1(y, with_class_bias(p, tune_class_bias(y, p, macro_f1)))
+    honest = score_with_bias_from_other_folds(macro_f1, y, p, folds)
+    # fold 0 gets fold 1's zeros (its two label-2 rows stay wrong), fold 1 gets fold 0's raise (its label-0 rows flip)
+    assert honest == pytest.approx(f1_score(y, [0, 1, 0, 0, 2, 2, 1, 2], average="macro"))
+    assert honest < on_all_rows

@@ -79,6 +79,36 @@ def test_rescore_repeats_the_trained_oof_and_scores_tta_without_retraining(train
     assert saved["overrides"] == ["tta=true", "tta_transforms=[\"multiply\"]"] and len(saved["folds"]) == 2
 
 
+def test_class_bias_on_a_finished_run_is_tuned_without_retraining_and_labels_the_submission(trained, tmp_path,
+                                                                                            monkeypatch):
+    """make mvtec-train RUN=x ARGS="class_bias=true" on a finished run: no fold trains again; biases tuned on its
+    OOF go to class_bias.json and metrics.json, and submit labels the test set with them. Trained again without
+    it, the run is back to argmax (no stale class_bias.json)."""
+    root, metrics = trained
+    data = shared_data("mvtec")
+    shutil.copytree(root / "runs", tmp_path / "runs")  # the shared run stays as the other tests expect it
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs/mvtec/tiny"
+    model = run / "fold0/model.safetensors"
+    trained_at = model.stat().st_mtime_ns
+    biased = cli.train(TASK, [f"data_dir={data}", "run_name=tiny", *TINY, "class_bias=true"]).metrics()
+    assert model.stat().st_mtime_ns == trained_at  # nothing retrained
+    classes = json.loads((run / "classes.json").read_text())
+    saved = json.loads((run / "class_bias.json").read_text())["bias"]
+    assert list(saved) == classes and any(saved.values()) and biased["class_bias"] == saved
+    assert biased["cv_argmax"] == pytest.approx(metrics["cv"]) and biased["cv"] > biased["cv_argmax"]
+    assert 0 <= biased["cv_bias_from_other_folds"] <= 1
+
+    out = cli.submit(TASK, ["run_name=tiny", f"data_dir={data}"])
+    preds = pd.read_csv(run / "test_preds.csv")
+    scores = np.log(np.clip(preds[classes].to_numpy(), 1e-12, None)) + np.array([saved[c] for c in classes])
+    assert pd.read_csv(out)["label"].tolist() == np.asarray(classes)[scores.argmax(axis=1)].tolist()
+
+    again = cli.train(TASK, [f"data_dir={data}", "run_name=tiny", *TINY]).metrics()
+    assert not (run / "class_bias.json").exists() and "class_bias" not in again
+    assert again["cv"] == pytest.approx(metrics["cv"])
+
+
 def test_submit_infers_the_latest_run_with_tta_and_matches_the_sample(trained, monkeypatch, capsys):
     root, _ = trained
     data = shared_data("mvtec")
