@@ -24,7 +24,7 @@ from scipy.stats import rankdata
 from common.config import to_yaml
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, require_columns, write_csv, write_json
-from common.metrics import Metric, get_metric, scores_with_threshold, tune_decision, tune_threshold
+from common.metrics import Metric, decided, get_metric, scores_with_threshold, tune_decision, tune_threshold
 from common.runs import Run
 from common.task import Task
 
@@ -246,7 +246,7 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
                "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"], **decision}
     write_json(metrics, blend.metrics_path)
     write_blend_test_predictions(task, blend, cfg)
-    task.plots(cfg, blend_oof, classes, blend.plots_dir)
+    task.plots(cfg, decided(blend_oof, classes, bias), classes, blend.plots_dir)
     return blend
 
 

@@ -128,8 +128,19 @@ BIAS_GRID = np.round(np.linspace(-2.0, 2.0, 21), 2)
 
 
 def with_class_bias(p: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """Class probabilities -> scores whose argmax is the label under per-class biases on the log-probabilities."""
-    return np.log(np.clip(p, 1e-12, None)) + np.asarray(bias, dtype=float)
+    """Class probabilities with per-class biases on their logarithms, renormalised (a shift of the class priors:
+    p_k * exp(b_k) / sum): still probabilities, whose argmax is the biased label."""
+    q = np.clip(p, 1e-12, None) * np.exp(np.asarray(bias, dtype=float))
+    return q / q.sum(axis=1, keepdims=True)
+
+
+def decided(oof, classes: list[str], bias: np.ndarray | None):
+    """An OOF frame as the run's class biases decide it (for the per-label plots); itself without biases."""
+    if bias is None:
+        return oof
+    out = oof.copy()
+    out[classes] = with_class_bias(oof[classes].to_numpy(dtype=float), bias)
+    return out
 
 
 def tune_class_bias(y: np.ndarray, p: np.ndarray, metric: Metric, rounds: int = 3) -> np.ndarray:

@@ -218,8 +218,8 @@ class Task(ABC):
         if self.kind == "multiclass":
             if class_bias is None:
                 return preds[classes].idxmax(axis=1)
-            scores = with_class_bias(preds[classes].to_numpy(dtype=float), class_bias)
-            return pd.Series(np.asarray(classes)[scores.argmax(axis=1)], index=preds.index)
+            biased = with_class_bias(preds[classes].to_numpy(dtype=float), class_bias)
+            return pd.Series(np.asarray(classes)[biased.argmax(axis=1)], index=preds.index)
         if self.thresholded:
             return (preds["pred"] >= (0.5 if threshold is None else threshold)).astype(int)
         return preds["pred"]

@@ -31,7 +31,7 @@ from transformers import get_scheduler
 from common import plots
 from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, read_json, write_csv, write_json
-from common.metrics import get_metric, scores_with_threshold, tune_decision
+from common.metrics import decided, get_metric, scores_with_threshold, tune_decision
 from common.runs import Run
 from common.task import TARGET, FoldContext, Task, model_inputs
 from common.threads import configure_threads, one_thread_worker
@@ -591,7 +591,7 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
     write_json(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
-    task.plots(run.config(), oof, classes, run.plots_dir)
+    task.plots(run.config(), decided(oof, classes, bias), classes, run.plots_dir)
     cut = ""
     if threshold is not None:
         cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5"

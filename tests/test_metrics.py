@@ -65,6 +65,7 @@ def test_class_biases_recover_a_rare_label_that_argmax_misses():
     assert macro_f1(y, p) == pytest.approx(f1_score(y, [0, 0, 1, 1, 0, 0], average="macro"))
     bias = tune_class_bias(y, p, macro_f1)
     assert macro_f1(y, with_class_bias(p, bias)) == 1.0
+    assert np.allclose(with_class_bias(p, bias).sum(axis=1), 1)  # still probabilities: a shift of the priors
     assert bias[2] - bias[0] > np.log(0.5 / 0.4)  # label 2 raised against label 0, by what it takes
     separated = np.eye(3)[y] * 0.8 + 0.1
     assert tune_class_bias(y, separated, macro_f1).tolist() == [0.0, 0.0, 0.0]  # argmax already best: no bias
