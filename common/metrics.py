@@ -135,7 +135,7 @@ def with_class_bias(p: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def decided(oof, classes: list[str], bias: np.ndarray | None):
-    """An OOF frame as the run's class biases decide it (for the per-label plots); itself without biases."""
+    """A prediction frame (OOF or test) as the run's class biases decide it; itself without biases."""
     if bias is None:
         return oof
     out = oof.copy()

@@ -32,11 +32,12 @@ from torch import nn
 
 from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
-from common.metrics import with_class_bias
+from common.metrics import decided
 from common.io import plain, read_csv, require_columns
 
 TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
 BOOKKEEPING = ("index", "target")  # batch keys that are not model inputs
+LABEL_METRICS = ("accuracy", "macro_f1")  # metrics that score labels: the decision rule is tuned on OOF
 
 
 def model_inputs(batch: dict) -> dict:
@@ -198,14 +199,14 @@ class Task(ABC):
     @property
     def thresholded(self) -> bool:
         """A binary task scored on labels: its cut is tuned on the run's OOF (threshold.json) and used by submit."""
-        return self.kind == "binary" and self.metric in ("accuracy", "macro_f1")
+        return self.kind == "binary" and self.metric in LABEL_METRICS
 
     def tunes_class_bias(self, cfg: DictConfig) -> bool:
         """class_bias=true on a multiclass task scored on labels: per-class biases are tuned on the run's OOF
         (class_bias.json) and used by submit. Refused on any other task, before anything trains."""
         if not cfg.get("class_bias"):
             return False
-        if self.kind != "multiclass" or self.metric not in ("accuracy", "macro_f1"):
+        if self.kind != "multiclass" or self.metric not in LABEL_METRICS:
             raise ConfigError(f"class_bias=true is for multiclass tasks scored on labels; {self.name} is "
                               f"{self.kind}, scored by {self.metric}")
         return True
@@ -216,10 +217,7 @@ class Task(ABC):
         Probabilities where the metric ranks, labels where it counts (binary: cut at the run's threshold;
         multiclass: argmax, after the run's class biases if it has them)."""
         if self.kind == "multiclass":
-            if class_bias is None:
-                return preds[classes].idxmax(axis=1)
-            biased = with_class_bias(preds[classes].to_numpy(dtype=float), class_bias)
-            return pd.Series(np.asarray(classes)[biased.argmax(axis=1)], index=preds.index)
+            return decided(preds, classes, class_bias)[classes].idxmax(axis=1)
         if self.thresholded:
             return (preds["pred"] >= (0.5 if threshold is None else threshold)).astype(int)
         return preds["pred"]
