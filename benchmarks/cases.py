@@ -32,7 +32,8 @@ from common.runs import Run
 from common.task import TARGET, model_inputs
 from common.text import PaddingCollator, load_tokenizer
 from common.threads import configure_threads
-from common.trainer import create_optimizer, fit_context, fold_split, load_train_frame
+from common.folds import fold_split, load_train_frame
+from common.trainer import create_optimizer, fit_context
 from competitions.armyworm.task import ArmywormTask
 from competitions.usppm.task import UsppmTask
 

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from common.text import create_text_model
-from common.trainer import save_resume_state
+from common.checkpoints import save_resume_state
 from common.vision import create_image_model
 
 TEXT_INPUTS = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}

@@ -1,11 +1,16 @@
-"""K-fold assignment: stratified, group, stratified-group, and binned-target stratification for regression."""
+"""K-fold assignment: stratified, group, stratified-group, and binned-target stratification for regression; a run's
+folds (drawn once, saved in folds.csv, read back by every later step) and its out-of-fold frames.
+
+The task is passed in, never imported: common/task.py imports FoldSpec from here."""
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from sklearn.model_selection import (
     GroupKFold,
     KFold,
@@ -13,7 +18,11 @@ from sklearn.model_selection import (
     StratifiedKFold,
 )
 
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError, NotFound
+from common.io import read_csv, write_csv
+from common.runs import Run
+
+TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
 
 
 @dataclass(frozen=True)
@@ -70,3 +79,71 @@ def _merge_rare_classes(y: pd.Series, n_folds: int) -> pd.Series:
                       f"{', '.join(map(str, rare[:10]))}{' ...' if len(rare) > 10 else ''}", stacklevel=3)
         y = y.where(~y.isin(rare), "__rare__")
     return y
+
+
+# ---- a run's folds ------------------------------------------------------------------------------------
+def load_train_frame(task, cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The train frame with the numeric target added, sampled down to `limit` rows (with fold_seed) if asked."""
+    train = task.load_train(cfg)
+    if cfg.limit and cfg.limit < len(train):
+        train = train.sample(n=int(cfg.limit), random_state=cfg.fold_seed).sort_index()
+    train = train.reset_index(drop=True)
+    classes = task.classes(train)
+    train[TARGET] = task.encode_target(train, classes)
+    return train, classes
+
+
+def assign_folds(run: Run, task, cfg: DictConfig, train: pd.DataFrame, is_main: bool) -> np.ndarray:
+    """Folds are made once per run and saved; every later step (resume, infer, ensemble, tune) reads them.
+    folds_from= copies another run's split instead of drawing one."""
+    source = run.folds_path if run.folds_path.is_file() else folds_source(task, cfg)
+    if source is not None:
+        saved = read_csv(source)
+        by_id = dict(zip(saved[task.id_column].astype(str), saved["fold"]))
+        ids = train[task.id_column].astype(str)
+        missing = ids[~ids.isin(by_id.keys())]
+        if len(missing):
+            raise DataError(f"{source}: {len(missing)} train id(s) have no fold, e.g. {missing.iloc[0]!r}; "
+                            f"the data changed since that split was made")
+        folds = ids.map(by_id).to_numpy().astype(int)
+    else:
+        folds = np.asarray(task.folds(cfg, train), dtype=int)
+        if folds.shape != (len(train),) or not set(np.unique(folds)) <= set(range(-1, cfg.folds)):
+            raise ValueError(f"{type(task).__name__}.folds must give one fold in -1..{cfg.folds - 1} per row")
+    if is_main and not run.folds_path.is_file():
+        write_csv(pd.DataFrame({task.id_column: train[task.id_column], "fold": folds}), run.folds_path)
+    return folds
+
+
+def folds_source(task, cfg: DictConfig) -> Path | None:
+    """folds.csv of the run named by folds_from (a run name under runs/<c>/, a run folder or a folds.csv)."""
+    if not cfg.folds_from:
+        return None
+    for candidate in (Path(cfg.runs_dir) / task.name / str(cfg.folds_from) / "folds.csv",
+                      Path(cfg.folds_from) / "folds.csv", Path(cfg.folds_from)):
+        if candidate.is_file():
+            return candidate
+    raise NotFound(f"folds_from={cfg.folds_from}: no folds.csv there (a run name, a run folder or a CSV path)")
+
+
+def fold_split(task, cfg: DictConfig, train_df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    trn = task.train_frame(cfg, train_df[train_df.fold != fold].reset_index(drop=True)).reset_index(drop=True)
+    val = task.valid_frame(cfg, train_df[train_df.fold == fold].reset_index(drop=True)).reset_index(drop=True)
+    return trn, val
+
+
+# ---- out-of-fold frames: id, fold, target, one column per class --------------------------------------
+def oof_frame(task, frame: pd.DataFrame, preds: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame({task.id_column: frame[task.id_column].to_numpy()})
+    if "fold" in frame:
+        out["fold"] = frame["fold"].to_numpy()
+    if TARGET in frame:
+        out["target"] = frame[TARGET].to_numpy()
+    out[classes] = preds.reshape(len(frame), len(classes))
+    return out
+
+
+def in_train_order(task, oof: pd.DataFrame, train_df: pd.DataFrame) -> pd.DataFrame:
+    """OOF rows (gathered fold by fold) in the train frame's row order."""
+    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
+    return oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)

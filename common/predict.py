@@ -1,4 +1,5 @@
-"""Test predictions of a run: the mean over its fold models, each with its own fitted fold state applied to the
+"""Predictions: any loader's rows through a model (predict_loader: validation during training, test rows after).
+Test predictions of a run: the mean over its fold models, each with its own fitted fold state applied to the
 test rows, and over the task's TTA views of every batch. A blend predicts through its runs, then blends.
 rescore_oof predicts each fold's validation rows again the same way: what a prediction setting (TTA) does to CV."""
 from __future__ import annotations
@@ -6,25 +7,62 @@ from __future__ import annotations
 import joblib
 import numpy as np
 import pandas as pd
+import torch
+from accelerate import Accelerator
 from omegaconf import DictConfig
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
+from common.accelerator import create_accelerator
 from common.errors import ConfigError, NotFound
+from common.estimator import ESTIMATOR_FILE, estimator_predict
+from common.folds import assign_folds, fold_split, in_train_order, load_train_frame, oof_frame
 from common.metrics import get_metric, scores_with_threshold
 from common.runs import Run
-from common.task import FoldContext, Task
-from common.trainer import (
-    ESTIMATOR_FILE,
-    assign_folds,
-    create_accelerator,
-    estimator_predict,
-    fold_split,
-    in_train_order,
-    load_train_frame,
-    oof_frame,
-    predict_dataloader,
-    predict_loader,
-)
+from common.task import FoldContext, Task, model_inputs
+from common.threads import one_thread_worker
+
+
+# ---- any loader ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_loader(task: Task, cfg: DictConfig, accelerator: Accelerator, model, loader,
+                   loss_fn=None, tta: bool = False) -> tuple[np.ndarray, float]:
+    """Predictions for every row of the loader's dataset in its order, exact under several processes. With tta,
+    the mean over the task's views of each batch, taken after activation."""
+    model.eval()
+    preds, index, loss_sum, n = [], [], 0.0, 0
+    for batch in tqdm(loader, desc="predict", leave=False, disable=not accelerator.is_local_main_process):
+        views = task.tta_views(cfg, batch) if tta else [batch]
+        outputs = []
+        for view in views:
+            logits = model(**model_inputs(view))
+            outputs.append(task.activate(cfg, logits))
+            if loss_fn is not None and "target" in batch and view is views[0]:
+                loss_sum += loss_fn(logits, batch["target"]).float().item() * len(batch["index"])
+                n += len(batch["index"])
+        p, i = accelerator.gather_for_metrics((torch.stack(outputs).mean(0), batch["index"]))
+        preds.append(p.float().cpu().numpy())
+        index.append(i.cpu().numpy())
+    preds, index = np.concatenate(preds), np.concatenate(index)
+    out = np.empty_like(preds)
+    out[index] = preds  # rows come back in loader order; index makes that explicit
+    if n:
+        totals = accelerator.reduce(torch.tensor([loss_sum, n], device=accelerator.device), reduction="sum")
+        return out, float(totals[0] / totals[1])
+    return out, float("nan")
+
+
+def predict_dataloader(task: Task, cfg: DictConfig, df: pd.DataFrame, mode: str, ctx: FoldContext,
+                       collate=None) -> DataLoader:
+    """Validation or test rows in the task's predict_order (predict_loader puts the predictions back in row order)."""
+    order = task.predict_order(cfg, df, ctx)
+    return DataLoader(task.dataset(cfg, df, mode, ctx), batch_size=cfg.batch_size, shuffle=False,
+                      sampler=order, collate_fn=collate or task.collate_fn(cfg, ctx), num_workers=cfg.num_workers,
+                      worker_init_fn=one_thread_worker)
+
+
+# ---- a run's fold models ---------------------------------------------------------------------------------
 
 
 def fold_context(task: Task, cfg: DictConfig, run: Run, fold: int) -> FoldContext:

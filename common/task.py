@@ -31,11 +31,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from common.errors import ConfigError, DataError
-from common.folds import FoldSpec, make_folds
+from common.folds import TARGET, FoldSpec, make_folds  # noqa: F401  (TARGET: part of the task interface)
 from common.metrics import decided
 from common.io import plain, read_csv, require_columns
 
-TARGET = "_y"  # numeric target column the engine adds to the train frame (class index for multiclass)
 BOOKKEEPING = ("index", "target")  # batch keys that are not model inputs
 LABEL_METRICS = ("accuracy", "macro_f1")  # metrics that score labels: the decision rule is tuned on OOF
 

@@ -1,161 +1,48 @@
 """One Accelerate loop for every competition: K folds, each trained, evaluated, checkpointed and resumable.
 
 Read it top to bottom: `train` makes the run folder and its folds and loops over them; `train_fold` is the loop
-of one fold, in short pieces (context, loaders, optimizer, one epoch, evaluate, resume state). A model that is not a
-network (Task.estimator) goes through `train_estimator_fold` instead: same folds, OOF, metrics.json.
-The competition plugs in data, model, loss and metric through its Task (common/task.py).
+of one fold, in short pieces (context, loaders, optimizer, one epoch, evaluate, resume state); `summarize` gathers
+the folds' OOF. A model that is not a network (Task.estimator) goes through common/estimator.py instead: same
+folds, OOF, metrics.json. Around the loop: fold assignment in common/folds.py, prediction in common/predict.py,
+checkpoint files in common/checkpoints.py, trackers in common/tracking.py, the Accelerator in
+common/accelerator.py. The competition plugs in data, model, loss and metric through its Task (common/task.py).
 """
 from __future__ import annotations
 
 import math
-import os
 import resource
 import shutil
 import time
-from pathlib import Path
 from typing import Callable
 
-import joblib
-import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, set_seed
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from omegaconf import DictConfig
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from common import plots
-from common.errors import ConfigError, DataError, NotFound
-from common.io import atomic_path, read_csv, read_json, write_csv, write_json
+from common.accelerator import create_accelerator
+from common.checkpoints import EMA_FILE, last_state_dir, save_model, save_resume_state
+from common.errors import ConfigError, NotFound
+from common.estimator import train_estimator_fold
+from common.folds import assign_folds, fold_split, in_train_order, load_train_frame, oof_frame
+from common.io import read_csv, read_json, write_csv, write_json
 from common.metrics import decided, get_metric, scores_with_threshold, tune_decision
+from common.predict import predict_dataloader, predict_loader
 from common.runs import Run
-from common.task import TARGET, FoldContext, Task, model_inputs
-from common.threads import configure_threads, one_thread_worker
+from common.task import TARGET, FoldContext, Task
+from common.threads import one_thread_worker
+from common.tracking import start_tracking
 from common.tricks import AWP, create_ema, layer_scales
 
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 BAR_EVERY = 10                   # batches between progress-bar loss updates (each one waits for the device)
-EMA_FILE = "ema.safetensors"     # the weights' moving average in a resume state (ema=)
-ESTIMATOR_FILE = "model.joblib"  # a fold's fitted estimator (Task.estimator), next to its state
 # on_evaluate(fold, epoch, score) is called after every epoch's evaluation; Optuna raises TrialPruned from it.
 EvalCallback = Callable[[int, int, float], None]
-
-
-# ---- set-up ----------------------------------------------------------------------------------------------
-def create_accelerator(cfg: DictConfig, tracking: bool = False) -> Accelerator:
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
-        # Accelerate would quietly train in fp32 here; say so instead.
-        raise ConfigError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
-    # Several processes without a GPU (torchrun on a CPU machine) -> gloo; Accelerate needs cpu=True for that.
-    cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-    # Accelerate keeps one process-wide state and refuses another precision for a second run in the same process
-    # (tests, Optuna trials, a notebook). It has no public reset, hence the private one; the process group
-    # (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    configure_threads(cfg)
-    log_with = cfg.get("tracker", "none") if tracking else "none"
-    if log_with not in TRACKERS:
-        raise ConfigError(f"tracker must be one of {', '.join(TRACKERS)}, got {log_with!r}")
-    if log_with == "wandb":
-        require_wandb()
-    return Accelerator(mixed_precision=PRECISIONS[cfg.precision], gradient_accumulation_steps=cfg.grad_accum,
-                       cpu=cpu, log_with=None if log_with == "none" else log_with,
-                       project_dir=cfg.runs_dir)  # TensorBoard's folder: the run's, set in start_tracking
-
-
-def start_tracking(accelerator: Accelerator, task: Task, cfg: DictConfig, run: Run) -> None:
-    """Accelerate's trackers: the resolved config now, losses and scores as they come (accelerator.log)."""
-    tracker = cfg.get("tracker", "none")
-    if tracker == "none":
-        return
-    init_kwargs = {}
-    if tracker == "tensorboard":  # event files in runs/<c>/<run>/tensorboard/<c>/
-        accelerator.project_configuration.logging_dir = str(run.dir / "tensorboard")
-    elif tracker == "mlflow":
-        import mlflow
-        mlflow.set_tracking_uri(cfg.tracker_uri or f"sqlite:///{(run.dir / 'mlflow.db').resolve()}")
-        init_kwargs["mlflow"] = {"run_name": run.name, "logging_dir": str((run.dir / "mlartifacts").resolve())}
-    elif tracker == "wandb":
-        init_kwargs["wandb"] = {"name": run.name, "dir": str(run.dir)}
-    accelerator.init_trackers(task.name, config=flat_config(cfg), init_kwargs=init_kwargs)
-
-
-def require_wandb() -> None:
-    """W&B only when the user has set it up: the package, and a key (or an offline mode)."""
-    import importlib.util
-    if importlib.util.find_spec("wandb") is None:
-        raise ConfigError("tracker=wandb needs the wandb package: pip install wandb, then wandb login "
-                          "(or use tracker=tensorboard / tracker=mlflow, which work offline)")
-    netrc = Path.home() / ".netrc"
-    logged_in = os.environ.get("WANDB_API_KEY") or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
-    if not logged_in and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
-        raise ConfigError("tracker=wandb: no W&B login found; run `wandb login` (or set WANDB_API_KEY, or "
-                          "WANDB_MODE=offline to log into the run folder)")
-
-
-def flat_config(cfg: DictConfig) -> dict:
-    """The resolved config as the flat scalar values trackers store (TensorBoard's hparams, MLflow's params)."""
-    out = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    walk(OmegaConf.to_container(cfg, resolve=True))
-    return out
-
-
-def load_train_frame(task: Task, cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
-    """The train frame with the numeric target added, sampled down to `limit` rows (with fold_seed) if asked."""
-    train = task.load_train(cfg)
-    if cfg.limit and cfg.limit < len(train):
-        train = train.sample(n=int(cfg.limit), random_state=cfg.fold_seed).sort_index()
-    train = train.reset_index(drop=True)
-    classes = task.classes(train)
-    train[TARGET] = task.encode_target(train, classes)
-    return train, classes
-
-
-def assign_folds(run: Run, task: Task, cfg: DictConfig, train: pd.DataFrame, is_main: bool) -> np.ndarray:
-    """Folds are made once per run and saved; every later step (resume, infer, ensemble, tune) reads them.
-    folds_from= copies another run's split instead of drawing one."""
-    source = run.folds_path if run.folds_path.is_file() else folds_source(task, cfg)
-    if source is not None:
-        saved = read_csv(source)
-        by_id = dict(zip(saved[task.id_column].astype(str), saved["fold"]))
-        ids = train[task.id_column].astype(str)
-        missing = ids[~ids.isin(by_id.keys())]
-        if len(missing):
-            raise DataError(f"{source}: {len(missing)} train id(s) have no fold, e.g. {missing.iloc[0]!r}; "
-                            f"the data changed since that split was made")
-        folds = ids.map(by_id).to_numpy().astype(int)
-    else:
-        folds = np.asarray(task.folds(cfg, train), dtype=int)
-        if folds.shape != (len(train),) or not set(np.unique(folds)) <= set(range(-1, cfg.folds)):
-            raise ValueError(f"{type(task).__name__}.folds must give one fold in -1..{cfg.folds - 1} per row")
-    if is_main and not run.folds_path.is_file():
-        write_csv(pd.DataFrame({task.id_column: train[task.id_column], "fold": folds}), run.folds_path)
-    return folds
-
-
-def folds_source(task: Task, cfg: DictConfig) -> Path | None:
-    """folds.csv of the run named by folds_from (a run name under runs/<c>/, a run folder or a folds.csv)."""
-    if not cfg.folds_from:
-        return None
-    for candidate in (Path(cfg.runs_dir) / task.name / str(cfg.folds_from) / "folds.csv",
-                      Path(cfg.folds_from) / "folds.csv", Path(cfg.folds_from)):
-        if candidate.is_file():
-            return candidate
-    raise NotFound(f"folds_from={cfg.folds_from}: no folds.csv there (a run name, a run folder or a CSV path)")
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -186,7 +73,9 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
             continue
         if task.estimator(cfg) is not None:
             if accelerator.is_main_process:  # trees fit in one process; the others wait
-                train_estimator_fold(task, cfg, run, train_df, fold, classes, on_evaluate)
+                trn, val = fold_split(task, cfg, train_df, fold)
+                ctx = fit_context(task, cfg, None, run, fold, trn)
+                train_estimator_fold(task, cfg, trn, val, ctx, classes, on_evaluate)
         else:
             train_fold(task, cfg, accelerator, run, train_df, fold, classes, on_evaluate)
         accelerator.wait_for_everyone()
@@ -200,12 +89,6 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
         tracker.finish()                  # (tune, a notebook, torchrun's next run) may still use
     accelerator.wait_for_everyone()
     return run
-
-
-def fold_split(task: Task, cfg: DictConfig, train_df: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    trn = task.train_frame(cfg, train_df[train_df.fold != fold].reset_index(drop=True)).reset_index(drop=True)
-    val = task.valid_frame(cfg, train_df[train_df.fold == fold].reset_index(drop=True)).reset_index(drop=True)
-    return trn, val
 
 
 def fit_context(task: Task, cfg: DictConfig, accelerator: Accelerator | None, run: Run, fold: int,
@@ -271,15 +154,6 @@ def make_loaders(task: Task, cfg: DictConfig, trn: pd.DataFrame, val: pd.DataFra
                           worker_init_fn=one_thread_worker)
     valid_dl = predict_dataloader(task, cfg, val, "valid", ctx, collate)
     return train_dl, valid_dl
-
-
-def predict_dataloader(task: Task, cfg: DictConfig, df: pd.DataFrame, mode: str, ctx: FoldContext,
-                       collate=None) -> DataLoader:
-    """Validation or test rows in the task's predict_order (predict_loader puts the predictions back in row order)."""
-    order = task.predict_order(cfg, df, ctx)
-    return DataLoader(task.dataset(cfg, df, mode, ctx), batch_size=cfg.batch_size, shuffle=False,
-                      sampler=order, collate_fn=collate or task.collate_fn(cfg, ctx), num_workers=cfg.num_workers,
-                      worker_init_fn=one_thread_worker)
 
 
 def create_optimizer(cfg: DictConfig, model: torch.nn.Module, batches_per_epoch: int):
@@ -445,121 +319,7 @@ class FoldLoop:
         self.accelerator.wait_for_everyone()
 
 
-# ---- one fold of an estimator ----------------------------------------------------------------------------
-def train_estimator_fold(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, fold: int,
-                         classes: list[str], on_evaluate: EvalCallback | None = None) -> None:
-    """Fit Task.estimator on the fold's training features, predict its validation rows: the fold's OOF."""
-    trn, val = fold_split(task, cfg, train_df, fold)
-    ctx = fit_context(task, cfg, None, run, fold, trn)
-    started = time.time()
-    estimator = task.estimator(cfg)
-    estimator.fit(task.features(cfg, trn, ctx), trn[TARGET].to_numpy())
-    with atomic_path(ctx.dir / ESTIMATOR_FILE) as tmp:
-        joblib.dump(estimator, tmp)
-    preds = estimator_predict(task, estimator, task.features(cfg, val, ctx))
-    metric = get_metric(task.metric)
-    score = metric(val[TARGET].to_numpy(), preds)
-    write_csv(oof_frame(task, val, preds, classes), ctx.dir / "oof.csv")
-    write_csv(pd.DataFrame([{"fold": fold, "epoch": 1, "step": 1, "train_loss": np.nan, "valid_loss": np.nan,
-                             "score": score, "lr": np.nan}]), ctx.dir / "history.csv")
-    print(f"fold {fold}: {type(estimator).__name__} on {len(trn)} rows, {time.time() - started:.1f} s: "
-          f"{metric.name} {score:.4f}")
-    write_json({"fold": fold, "best_score": score, "best_epoch": 1}, ctx.dir / "done.json")
-    if on_evaluate is not None:
-        on_evaluate(fold, 1, score)
-
-
-def estimator_predict(task: Task, estimator, features: pd.DataFrame) -> np.ndarray:
-    """(rows, columns of classes): probabilities for classification, the prediction for regression."""
-    if task.kind == "regression":
-        return np.asarray(estimator.predict(features), dtype=float).reshape(-1, 1)
-    proba = np.asarray(estimator.predict_proba(features), dtype=float)
-    return proba[:, 1:2] if task.kind == "binary" else proba
-
-
-# ---- prediction and checkpoints --------------------------------------------------------------------------
-@torch.no_grad()
-def predict_loader(task: Task, cfg: DictConfig, accelerator: Accelerator, model, loader,
-                   loss_fn=None, tta: bool = False) -> tuple[np.ndarray, float]:
-    """Predictions for every row of the loader's dataset in its order, exact under several processes. With tta,
-    the mean over the task's views of each batch, taken after activation."""
-    model.eval()
-    preds, index, loss_sum, n = [], [], 0.0, 0
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not accelerator.is_local_main_process):
-        views = task.tta_views(cfg, batch) if tta else [batch]
-        outputs = []
-        for view in views:
-            logits = model(**model_inputs(view))
-            outputs.append(task.activate(cfg, logits))
-            if loss_fn is not None and "target" in batch and view is views[0]:
-                loss_sum += loss_fn(logits, batch["target"]).float().item() * len(batch["index"])
-                n += len(batch["index"])
-        p, i = accelerator.gather_for_metrics((torch.stack(outputs).mean(0), batch["index"]))
-        preds.append(p.float().cpu().numpy())
-        index.append(i.cpu().numpy())
-    preds, index = np.concatenate(preds), np.concatenate(index)
-    out = np.empty_like(preds)
-    out[index] = preds  # rows come back in loader order; index makes that explicit
-    if n:
-        totals = accelerator.reduce(torch.tensor([loss_sum, n], device=accelerator.device), reduction="sum")
-        return out, float(totals[0] / totals[1])
-    return out, float("nan")
-
-
-def oof_frame(task: Task, frame: pd.DataFrame, preds: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    out = pd.DataFrame({task.id_column: frame[task.id_column].to_numpy()})
-    if "fold" in frame:
-        out["fold"] = frame["fold"].to_numpy()
-    if TARGET in frame:
-        out["target"] = frame[TARGET].to_numpy()
-    out[classes] = preds.reshape(len(frame), len(classes))
-    return out
-
-
-def save_model(accelerator: Accelerator, model, path: Path) -> None:
-    """Best checkpoint in safetensors, written to a temp file and renamed."""
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        state = {k: v.contiguous() for k, v in state.items()}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp))
-    accelerator.wait_for_everyone()
-
-
-def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict, extra: dict | None = None) -> None:
-    """Resume state (model, optimizer, scheduler, RNG + trainer_state.json + extra {file: tensors}, e.g. the EMA
-    weights), swapped in atomically."""
-    tmp, last, old = fold_dir / "last.tmp", fold_dir / "last", fold_dir / "last.old"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    if accelerator.is_main_process:
-        for name, tensors in (extra or {}).items():
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
-        write_json(state, tmp / "trainer_state.json")
-        if last.exists():
-            shutil.rmtree(old, ignore_errors=True)  # a kill while deleting it last time leaves a partial last.old
-            last.rename(old)
-        tmp.rename(last)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def last_state_dir(fold_dir: Path) -> Path | None:
-    for d in (fold_dir / "last", fold_dir / "last.old"):  # last.old survives a kill between the two renames
-        if (d / "trainer_state.json").is_file():
-            return d
-    return None
-
-
 # ---- the run's summary -----------------------------------------------------------------------------------
-def in_train_order(task: Task, oof: pd.DataFrame, train_df: pd.DataFrame) -> pd.DataFrame:
-    """OOF rows (gathered fold by fold) in the train frame's row order."""
-    order = {v: i for i, v in enumerate(train_df[task.id_column].astype(str))}
-    return oof.iloc[np.argsort(oof[task.id_column].astype(str).map(order).to_numpy())].reset_index(drop=True)
-
-
 def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, classes: list[str],
               started: float) -> dict:
     """oof.csv in train order, metrics.json, the decision rule tuned on OOF (threshold.json for binary tasks scored

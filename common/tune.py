@@ -40,7 +40,8 @@ from common.io import atomic_path, write_csv
 from common.metrics import get_metric
 from common.runs import Run
 from common.task import Task
-from common.trainer import assign_folds, load_train_frame, train
+from common.folds import assign_folds, load_train_frame
+from common.trainer import train
 
 TUNE_DEFAULTS = {
     "n_trials": 20,          # finished (complete or pruned) trials the study should hold, over all invocations
