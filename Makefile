@@ -58,7 +58,7 @@ armyworm-gradcam: $(STAMP)
 	$(kit) armyworm gradcam $(run_arg) $(if $(RUN2),run2=$(RUN2)) $(ARGS)
 
 usppm-data: $(STAMP)
-	$(PY) -m common.kaggle download us-patent-phrase-to-phrase-matching data/usppm
+	$(PY) -m competitions usppm download dest=data/usppm
 
 mvtec-data:
 	@echo "DACON 235894 (Computer Vision 이상치 탐지): download open.zip from dacon.io (login required) and unzip it into data/mvtec/"

@@ -21,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from common.ensemble import blend as ensemble  # noqa: F401  (part of the API)
-from common.ensemble import blend_frames
+from common.ensemble import blend, blend_frames
 from common.errors import NotFound
-from common.io import read_csv, write_csv, write_json
+from common.io import read_csv, write_csv
 from common.predict import predict_run, rescore_oof
 from common.runs import Run
 from common.submission import fill_sample
+from common.summary import write_summary
 from common.task import Task
 from common.trainer import EvalCallback
 from common.trainer import train as _train
@@ -43,23 +43,12 @@ def open_run(task: Task, run: Run | str | None, runs_dir: str | Path = "runs") -
     return run if isinstance(run, Run) else Run.open(task.name, run, str(runs_dir))
 
 
-def as_overrides(overrides: dict) -> list[str]:
-    """{key: value} -> key=value strings OmegaConf parses back to the same values."""
-    def text(v) -> str:
-        if v is None:
-            return "null"
-        if isinstance(v, bool):
-            return str(v).lower()
-        return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
-    return [f"{k}={text(v)}" for k, v in overrides.items()]
-
-
 def predict(task: Task, run: Run | str | None, test_path: str | Path | None = None, **overrides) -> pd.DataFrame:
     """Predictions (id + one column per class, or `pred`) for a file in the test format; default: the
     competition's test file. overrides: run config keys (data_dir=, image_dir=, tta=, batch_size= ...).
     A blend has each of its runs predict the same file, then blends them with its recipe."""
     run = open_run(task, run, overrides.get("runs_dir", "runs"))
-    cfg = run.config(as_overrides(overrides))
+    cfg = run.config(overrides)
     spec = run.blend_spec()
     if spec is not None:
         members = [Run(run.dir.parent / name) for name in spec["runs"]]
@@ -91,7 +80,7 @@ def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **o
     run = open_run(task, run, overrides.get("runs_dir", "runs"))
     if not run.test_preds_path.is_file():
         predict_test(task, run, **overrides)
-    cfg = run.config(as_overrides(overrides))
+    cfg = run.config(overrides)
     preds = read_csv(run.test_preds_path)
     sample = task.sample_submission_path(cfg)
     if not sample.is_file():
@@ -99,6 +88,27 @@ def submit(task: Task, run: Run | str | None, out: str | Path | None = None, **o
     values = task.submission_values(preds, run.classes(), run.threshold(), run.class_bias())
     out = out or Path("submissions") / task.name / f"{run.name}.csv"
     return fill_sample(sample, preds[task.id_column], values, out)
+
+
+def ensemble(task: Task, runs: list[str | Run], name: str | None = None, method: str = "auto", rank: bool = False,
+             runs_dir: str = "runs", class_bias: bool = False) -> Run:
+    """Blend runs on their shared OOF into the run folder `name` (common.ensemble.blend), then its test_preds.csv:
+    each run predicts the competition's test file if it has not yet, and the blend blends those."""
+    blended = blend(task, runs, name, method, rank, runs_dir, class_bias)
+    cfg = blended.config()
+    if not task.test_path(cfg).exists():  # a file, or a folder of test images
+        print(f"no test file at {task.test_path(cfg)}: the blend has no test_preds.csv yet "
+              f"(make {task.name}-infer RUN={blended.name} ARGS=\"test_file=...\")")
+        return blended
+    frames = []
+    for member in blended.blend_spec()["runs"]:
+        member = Run(blended.dir.parent / member)
+        if not member.test_preds_path.is_file():
+            print(f"run {member.name} has no test predictions yet: predicting the test set")
+            predict_test(task, member)
+        frames.append(read_csv(member.test_preds_path))
+    write_csv(blend_frames(task, blended, frames), blended.test_preds_path)
+    return blended
 
 
 # Overrides that say where things are, not how to predict: left out of a rescored file's name.
@@ -110,8 +120,17 @@ def rescore(task: Task, run: Run | str | None, **overrides) -> tuple[Path, dict]
     batch_size= ...), without retraining: oof_<overrides>.csv and metrics_<overrides>.json in the run folder.
     Returns the CSV's path and the scores (metric, cv, folds)."""
     run = open_run(task, run, overrides.get("runs_dir", "runs"))
-    settings = as_overrides({k: v for k, v in overrides.items() if k not in WHERE_KEYS})
-    oof, scores = rescore_oof(task, run, run.config(as_overrides(overrides)))
+    settings = [f"{k}={_text(v)}" for k, v in overrides.items() if k not in WHERE_KEYS]
+    oof, scores = rescore_oof(task, run, run.config(overrides))
     name = re.sub(r"[^\w.=,-]+", "_", "_".join(settings)).strip("_") or "again"
-    write_json({**scores, "overrides": settings}, run.dir / f"metrics_{name}.json")
+    write_summary({**scores, "overrides": settings}, run.dir / f"metrics_{name}.json")
     return write_csv(oof, run.dir / f"oof_{name}.csv"), scores
+
+
+def _text(value) -> str:
+    """An override's value as the command line writes it, for a rescored file's name: tta=true, tta_transforms=[...]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -94,7 +95,31 @@ def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namesp
     return parser.parse_intermixed_args(argv)
 
 
-def load_config(config_path: str | Path, overrides: list[str] | None = None,
+def override_config(overrides: Mapping | list[str] | None, source: str = "override") -> DictConfig:
+    """Overrides as a DictConfig: key=value strings (the command line's, parsed here once) or a mapping
+    ({"tta": True}, a DictConfig), taken as it is."""
+    if isinstance(overrides, Mapping):
+        return OmegaConf.create(dict(overrides))
+    overrides = [o for o in (overrides or []) if o]
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"{source} {o!r} is not key=value")
+    return OmegaConf.from_dotlist(overrides)
+
+
+def command_section(name: str, defaults: dict, cfg: DictConfig, overrides: Mapping | None = None) -> DictConfig:
+    """A command's settings (tune:, kaggle:): defaults <- the config's own `name:` section, where the competition
+    has one <- overrides (the section's own keys: {"n_trials": 30}). Nested sections (tune.space) may take new
+    keys; misspelt top keys fail."""
+    settings = merge_checked(OmegaConf.create(defaults), OmegaConf.create(cfg.get(name) or {}),
+                             f"the config's {name}: section")
+    for value in settings.values():
+        if isinstance(value, DictConfig):
+            OmegaConf.set_struct(value, False)
+    return merge_checked(settings, OmegaConf.create(dict(overrides or {})), f"{name}.* arguments")
+
+
+def load_config(config_path: str | Path, overrides: Mapping | list[str] | None = None,
                 experiments_dir: str | Path | None = None, defaults: dict | None = None) -> DictConfig:
     """ENGINE_DEFAULTS <- defaults (the task's declared keys) <- config_path <- experiment <- overrides."""
     config_path = Path(config_path)
@@ -102,11 +127,7 @@ def load_config(config_path: str | Path, overrides: list[str] | None = None,
         raise ConfigError(f"config file not found: {config_path}")
     cfg = OmegaConf.merge(OmegaConf.create(ENGINE_DEFAULTS), OmegaConf.create(defaults or {}))
     cfg = merge_checked(cfg, _load_yaml(config_path), str(config_path))
-    overrides = [o for o in (overrides or []) if o]
-    for o in overrides:
-        if "=" not in o:
-            raise ConfigError(f"override {o!r} is not key=value")
-    dotlist = OmegaConf.from_dotlist(overrides) if overrides else OmegaConf.create({})
+    dotlist = override_config(overrides)
     # An experiment YAML sits between config.yaml and the command line.
     experiment = dotlist.get("experiment", cfg.get("experiment"))
     if experiment:

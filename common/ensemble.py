@@ -1,4 +1,4 @@
-"""Blend runs from their out-of-fold predictions: make <c>-ensemble RUNS="a b c" RUN=<blend> [ARGS="rank=true"].
+"""Blend runs from their out-of-fold predictions (make <c>-ensemble RUNS="a b c" RUN=<blend> [ARGS="rank=true"]).
 
 The runs must share their folds (same split, same OOF rows). Non-negative weights that sum to 1 are searched on
 the OOF predictions for the competition's metric and direction, by scipy's SLSQP and by hill climbing (Caruana's
@@ -8,8 +8,9 @@ blends ranks instead of scores (for AUC); a binary task scored on labels re-tune
 and `class_bias=true` tunes per-class biases on it (a multiclass task scored on labels; the runs' own are not used).
 
 The blend is written as a run folder (config.yaml, classes.json, folds.csv, oof.csv, blend.json: the recipe,
-metrics.json with the blend's CV, the runs' CVs and the weights, threshold.json for a thresholded task, class_bias.json,
-test_preds.csv), so `make <c>-infer|submit|push RUN=<blend>` work on it as on a trained run.
+metrics.json with the blend's CV, the runs' CVs and the weights, threshold.json for a thresholded task, class_bias.json),
+so `make <c>-infer|submit|push RUN=<blend>` work on it as on a trained run. It reads OOF predictions only: the blend's
+test predictions are api.ensemble's job (each run predicts the test set, then blend_frames).
 """
 from __future__ import annotations
 
@@ -26,24 +27,8 @@ from common.errors import ConfigError, DataError, NotFound
 from common.io import atomic_path, read_csv, require_columns, write_csv, write_json
 from common.metrics import Metric, decided, get_metric, scores_with_threshold, tune_decision, tune_threshold
 from common.runs import Run
+from common.summary import write_summary
 from common.task import Task
-
-ENSEMBLE_ARGS = {
-    "runs": None,        # the runs to blend, space-separated (RUNS="a b c")
-    "run_name": None,    # the blend's run folder (RUN=); null -> blend-<timestamp>
-    "runs_dir": "runs",
-    "method": "auto",    # scipy | hill | auto (both; keep the better OOF score) | mean (equal weights, no search)
-    "rank": False,       # blend ranks, not scores: for metrics that only rank (AUC); one prediction column only
-    "class_bias": False,  # tune per-class biases on the blended OOF (multiclass tasks scored on labels)
-}
-
-
-def command(task: Task, argv: list[str] | None = None) -> Run:
-    """make <c>-ensemble RUNS="a b" RUN=blend ARGS="method=hill rank=true"."""
-    from common import cli
-    args = cli.command_args(argv, ENSEMBLE_ARGS, "ensemble")
-    return blend(task, str(args.runs or "").split(), args.run_name, args.method, bool(args.rank), args.runs_dir,
-                 bool(args.class_bias))
 
 
 def blend(task: Task, runs: list[str | Run], name: str | None = None, method: str = "auto", rank: bool = False,
@@ -73,9 +58,7 @@ def blend(task: Task, runs: list[str | Run], name: str | None = None, method: st
             "method": found_by, "rank": bool(rank), "run_cv": {n: run_score(task, metric, y, p) for n, p in preds.items()}}
     blend_oof = oof[0][[task.id_column, "fold", "target"]].copy()
     blend_oof[classes] = apply_blend([preds[n] for n in spec["runs"]], spec)
-    out = write_blend(task, runs, name, blend_oof, spec, metric, tune_bias)
-    print_report(out, metric)
-    return out
+    return write_blend(task, runs, name, blend_oof, spec, metric, tune_bias)
 
 
 def run_score(task: Task, metric: Metric, y: np.ndarray, p: np.ndarray) -> float:
@@ -244,45 +227,6 @@ def write_blend(task: Task, runs: list[Run], name: str | None, blend_oof: pd.Dat
     cv, folds = scores_with_threshold(metric, blend_oof, classes, threshold, bias)
     metrics = {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": folds,
                "n_rows": len(blend_oof), "threshold": threshold, "blend_of": spec["runs"], **decision}
-    write_json(metrics, blend.metrics_path)
-    write_blend_test_predictions(task, blend, cfg)
+    write_summary(metrics, blend.metrics_path)
     task.plots(cfg, decided(blend_oof, classes, bias), classes, blend.plots_dir)
     return blend
-
-
-def write_blend_test_predictions(task: Task, blend: Run, cfg) -> None:
-    """test_preds.csv of the blend, each run predicting the competition's test file if it has not yet."""
-    from common.api import predict_test
-    if not task.test_path(cfg).exists():  # a file, or a folder of test images
-        print(f"no test file at {task.test_path(cfg)}: the blend has no test_preds.csv yet "
-              f"(make {task.name}-infer RUN={blend.name} ARGS=\"test_file=...\")")
-        return
-    frames = []
-    for name in blend.blend_spec()["runs"]:
-        member = Run(blend.dir.parent / name)
-        if not member.test_preds_path.is_file():
-            print(f"run {name} has no test predictions yet: predicting the test set")
-            predict_test(task, member)
-        frames.append(read_csv(member.test_preds_path))
-    write_csv(blend_frames(task, blend, frames), blend.test_preds_path)
-
-
-def print_report(blend: Run, metric: Metric) -> None:
-    m = blend.metrics()
-    spec = blend.blend_spec()
-    direction = "higher" if metric.greater_is_better else "lower"
-    print(f"ensemble {blend.name}: {metric.name} ({direction} is better), weights by {spec['method']}"
-          f"{', on ranks' if spec['rank'] else ''}")
-    width = max(len(n) for n in [*spec["run_cv"], "blend"])
-    print(f"  {'run':<{width}}  {'CV':>9}  {'weight':>7}")
-    for name, cv in spec["run_cv"].items():
-        print(f"  {name:<{width}}  {cv:>9.5f}  {spec['weights'].get(name, 0.0):>7.3f}")
-    print(f"  {'blend':<{width}}  {m['cv']:>9.5f}")
-    if m.get("threshold") is not None:
-        print(f"  threshold re-tuned on the blended OOF: {m['threshold']:.4f}; each fold cut where the other folds "
-              f"say: {m['cv_cut_from_other_folds']:.5f}")
-    if m.get("class_bias") is not None:
-        honest = m.get("cv_bias_from_other_folds")
-        print(f"  class biases tuned on the blended OOF ({m['cv_argmax']:.5f} at argmax)"
-              + (f"; each fold's biases from the other folds: {honest:.5f}" if honest is not None else ""))
-    print(f"blend run: {blend.dir}  ->  make {blend.dir.parent.name}-submit RUN={blend.name}")

@@ -4,6 +4,7 @@ Each image is explained by the fold model that never trained on it, with the run
 (no TTA), so the heatmap belongs to the very prediction stored in oof.csv.
 
     python -m competitions <c> gradcam run_name=x [run2=y] [n=8] [cam_target=predicted|true] [key=value ...]
+    (its arguments are parsed in common/cli.py)
     make armyworm-gradcam RUN=x [RUN2=y] [ARGS="n=4 gradcam_layer=backbone.layer4"]
 
 writes runs/<c>/x/plots/gradcam/:
@@ -50,7 +51,6 @@ from common.runs import Run
 from common.task import Task, model_inputs
 from common.vision import data_config
 
-OWN_KEYS = {"run2": None, "n": 8, "cam_target": "predicted"}  # gradcam's own arguments, not run config keys
 COMPARE_PER_GROUP = 2  # at most this many rows per group in the two-run sheet: 8 rows of 3 images fit a screen
 
 
@@ -216,43 +216,12 @@ def comparison_sheet(inputs: np.ndarray, columns: list[tuple[str, list[np.ndarra
     return save(fig, path)
 
 
-# ---- command -------------------------------------------------------------------------------------
-def split_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """gradcam's own key=value arguments (OWN_KEYS) and the run config overrides."""
-    own, overrides = dict(OWN_KEYS), []
-    for a in argv or []:
-        if "=" not in a:
-            raise ConfigError(f"argument {a!r} is not key=value")
-        key, value = a.split("=", 1)
-        if key in own:
-            own[key] = value
-        else:
-            overrides.append(a)
-    try:
-        own["n"] = int(own["n"])
-    except ValueError:
-        raise ConfigError(f"n must be a whole number of images per group, got {own['n']!r}") from None
-    if own["n"] < 1:
-        raise ConfigError(f"n must be at least 1, got {own['n']}")
-    if own["cam_target"] not in ("predicted", "true"):
-        raise ConfigError(f"cam_target must be predicted or true, got {own['cam_target']!r}")
-    return own, overrides
-
-
-def command(task: Task, argv: list[str] | None = None) -> Path:
-    """python -m competitions <c> gradcam run_name=x [run2=y n=8 cam_target=true key=value ...]."""
-    from common import cli
-    own, overrides = split_args(argv)
-    run, overrides = cli.run_overrides(task, overrides)
-    return gradcam(task, run, own["n"], own["cam_target"], own["run2"], overrides)
-
-
 def gradcam(task: Task, run: Run, n: int = 8, cam_target: str = "predicted", run2: str | None = None,
-            overrides: list[str] | None = None) -> Path:
+            overrides: dict | None = None) -> Path:
     """Overlays and contact sheets of the run's OOF images by group (and a comparison with run2); returns the
-    folder. overrides: run config keys (data_dir=, image_dir=, gradcam_layer=, batch_size= ...)."""
+    folder. overrides: run config keys ({"data_dir": ..., "image_dir", "gradcam_layer", "batch_size" ...})."""
     own = {"n": n, "cam_target": cam_target, "run2": run2}
-    overrides = list(overrides or [])
+    overrides = dict(overrides or {})
     cfg = run.config(overrides)
     if not run.oof_path.is_file():
         raise NotFound(f"{run.dir}: no oof.csv; Grad-CAM explains out-of-fold images of a finished run")
@@ -290,7 +259,7 @@ def gradcam(task: Task, run: Run, n: int = 8, cam_target: str = "predicted", run
     return out_dir
 
 
-def compare_runs(task: Task, run: Run, run2_name: str, overrides: list[str], picked: pd.DataFrame,
+def compare_runs(task: Task, run: Run, run2_name: str, overrides: dict, picked: pd.DataFrame,
                  explained: np.ndarray, inputs: np.ndarray, cams: np.ndarray, images: pd.DataFrame,
                  out_dir: Path, per_group: int) -> Path:
     """The first `per_group` images of each group under both runs. Run 2 explains the same class with its own

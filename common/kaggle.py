@@ -1,7 +1,8 @@
 """The kaggle CLI from the kit: competition downloads, and offline inference kernels for any run.
 
-    python -m common.kaggle download <competition-slug> <dest>
+    python -m competitions <c> download [dest=data/<c>]          (make usppm-data)
     make <c>-push RUN=<run> [DRY_RUN=1] [ARGS="kaggle.gpu=true kaggle.owner=me"]
+(both parsed in common/cli.py)
 
 `push` builds, under runs/<c>/<run>/kaggle/ (or out=):
   dataset/  a private Kaggle dataset: kit-bundle.json, kit/ (the kit's code: common/ and this competition),
@@ -30,7 +31,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from common import api
 from common.errors import NotFound, UserError
+from common.runs import Run
 
 KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository whose code is bundled
 MARKER = "kit-bundle.json"                       # how the kernel finds the dataset under /kaggle/input
@@ -43,7 +46,6 @@ KAGGLE_DEFAULTS = {
     "license": "other",    # the dataset's license, one of Kaggle's names (CC0-1.0, CC-BY-4.0, other, ...)
     "wheels": ["omegaconf", "ttach"],  # bundled as wheels, versions pinned from requirements.txt
 }
-PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None}
 # Never bundled, wherever they sit: credentials and keys.
 SECRET_NAMES = {"kaggle.json", "access_token", ".env", ".netrc", ".git-credentials", ".pypirc", "credentials.json",
                 "client_secret.json", "id_rsa", "id_ecdsa", "id_ed25519"}
@@ -105,19 +107,6 @@ def download(competition: str, dest: str | Path) -> Path:
 
 
 # ---- push: bundle + kernel ---------------------------------------------------------------------------------
-def command(task, argv: list[str] | None = None) -> Path:
-    """make <c>-push RUN=x [DRY_RUN=1] [ARGS="kaggle.gpu=true"]."""
-    from common import cli
-    from common.config import parse_args
-    from common.runs import Run
-
-    overrides = parse_args(argv).overrides
-    args = cli.command_args([o for o in overrides if not o.startswith("kaggle.")], PUSH_ARGS, "push")
-    run = Run.open(task.name, args.run_name, args.runs_dir)
-    settings = cli.command_section("kaggle", KAGGLE_DEFAULTS, run.config(), overrides)
-    return push(task, run, settings, bool(args.dry_run), args.out)
-
-
 def push(task, run, settings: DictConfig, dry_run: bool = False, out: str | Path | None = None) -> Path:
     """Build the dataset and kernel folders for a run, then push them (or, dry_run=True, print the commands)."""
     exe = None if dry_run else require_cli()  # missing CLI or credentials: say so before building anything
@@ -234,7 +223,6 @@ def publish_folders(staging: Path, out: Path) -> tuple[Path, Path]:
 
 def bundle_runs(task, run, dest: Path) -> list[str]:
     """Copy what inference needs of the run (a blend: of its runs too, recursively); return the run names."""
-    from common.runs import Run
     names, spec = [run.name], run.blend_spec()
     if spec:
         for member in spec["runs"]:
@@ -332,9 +320,6 @@ kernel_main(load_task(COMPETITION), RUN, bundle, INPUT, Path.cwd())
 def kernel_main(task, run_name: str, bundle: Path, input_dir: Path, out_dir: Path) -> Path:
     """In the kernel: predict the test set with the bundled run (a blend: each of its runs, then the blend) and
     write out_dir/submission.csv. The input folder is read-only, so predictions go to a scratch copy of the runs."""
-    from common import api
-    from common.runs import Run
-
     print(f"kit: {Path(__file__).resolve().parents[1]}")
     data_dir = find_data_dir(task, input_dir, bundle)
     print(f"competition data: {data_dir}")
@@ -365,11 +350,3 @@ def find_data_dir(task, input_dir: Path, bundle: Path) -> Path:
                                 f"({task.kaggle_competition or 'a dataset with its files'}) to the kernel's inputs")
     return next((d for d in found if task.kaggle_competition and task.kaggle_competition in d.parts), found[0])
 
-
-if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "download":
-        sys.exit("usage: python -m common.kaggle download <competition-slug> <dest>")
-    try:
-        download(sys.argv[2], sys.argv[3])
-    except KaggleError as e:
-        sys.exit(f"error: {e}")

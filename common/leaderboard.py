@@ -1,4 +1,5 @@
-"""A local leaderboard of a competition's runs: make <c>-runs [ARGS="sort=... top=... where=... out=runs.csv"].
+"""A local leaderboard of a competition's runs (make <c>-runs [ARGS="sort=... top=... where=... out=runs.csv"], printed
+by common/cli.py).
 
 One row per run folder under runs/<c>/, best first by the metric's direction: CV and per-fold scores, the config keys
 that differ between the runs shown, epochs, wall time, peak memory, whether it has test predictions and a submission,
@@ -16,18 +17,11 @@ from omegaconf import OmegaConf
 
 from common.config import RUNTIME_KEYS
 from common.errors import ConfigError, NotFound
-from common.io import read_json, write_csv
+from common.io import atomic_path, read_json, write_csv
 from common.metrics import get_metric
 from common.runs import Run
 from common.task import Task
 
-RUNS_ARGS = {
-    "runs_dir": "runs",
-    "sort": None,   # a column; default cv in the metric's direction; -column sorts descending
-    "top": None,    # show the first N rows after sorting
-    "where": None,  # a pandas query over the columns, e.g. "status == 'finished' and lr < 1e-4"
-    "out": None,    # also write the table: .csv, .md or .html
-}
 FIXED_COLUMNS = ["run", "status", "cv", "folds", "epochs", "wall_time", "peak_mem_mb", "test_preds", "submission",
                  "blend"]
 NOT_COMPARED = RUNTIME_KEYS | {"run_name", "experiment"}
@@ -98,23 +92,7 @@ def sort_runs(table: pd.DataFrame, sort: str | None, greater_is_better: bool) ->
     return table.sort_values(column, ascending=not descending, na_position="last", kind="stable")
 
 
-def command(task: Task, argv: list[str] | None = None) -> pd.DataFrame:
-    """make <c>-runs ARGS="sort=... top=... where=... out=..."."""
-    from common import cli
-    args = cli.command_args(argv, RUNS_ARGS, "runs")
-    table = runs_table(task, args.runs_dir, args.sort, args.top, args.where)
-    metric = get_metric(task.metric)
-    print(f"{task.name}: {len(table)} run(s), {metric.name} ({'higher' if metric.greater_is_better else 'lower'} "
-          f"is better)")
-    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_colwidth", 40):
-        print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5g}"))
-    if args.out:
-        print(f"written: {write_table(table, Path(args.out))}")
-    return table
-
-
 def write_table(table: pd.DataFrame, path: Path) -> Path:
-    from common.io import atomic_path
     if path.suffix == ".csv":
         return write_csv(table, path)
     if path.suffix not in (".md", ".html"):

@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import config_diff, merge_checked, to_yaml, upgrade
+from common.config import config_diff, merge_checked, override_config, to_yaml, upgrade
 from common.errors import ConfigError, NotFound
 from common.io import atomic_path, read_json, write_json
 
@@ -86,14 +87,11 @@ class Run:
     def checkpoint(self, fold: int) -> Path:
         return self.fold_dir(fold) / "model.safetensors"
 
-    def config(self, overrides: list[str] | None = None) -> DictConfig:
+    def config(self, overrides: Mapping | list[str] | None = None) -> DictConfig:
         """The run's resolved config in today's key names (old runs keep loading), with overrides on top
-        (test_file=, out=, tta=, batch_size=, data_dir= ...: any key the run has)."""
+        (test_file, out, tta, batch_size, data_dir ...: any key the run has), a mapping or key=value strings."""
         cfg = upgrade(OmegaConf.load(self.config_path))
-        for o in overrides or []:
-            if "=" not in o:
-                raise ConfigError(f"override {o!r} is not key=value")
-        return merge_checked(cfg, OmegaConf.from_dotlist(list(overrides or [])), f"overrides for run {self.dir}")
+        return merge_checked(cfg, override_config(overrides), f"overrides for run {self.dir}")
 
     def threshold(self) -> float | None:
         """The decision cut tuned on this run's OOF (binary tasks scored on labels); None: 0.5 / not thresholded."""

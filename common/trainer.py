@@ -35,6 +35,7 @@ from common.io import read_csv, read_json, write_csv, write_json
 from common.metrics import decided, get_metric, scores_with_threshold, tune_decision
 from common.predict import predict_dataloader, predict_loader
 from common.runs import Run
+from common.summary import write_summary
 from common.task import TARGET, FoldContext, Task
 from common.threads import one_thread_worker
 from common.tracking import start_tracking
@@ -348,20 +349,8 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **decision,
     }
-    write_json(metrics, run.metrics_path)
+    write_summary(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
     task.plots(run.config(), decided(oof, classes, bias), classes, run.plots_dir)
-    cut = ""
-    if threshold is not None:
-        cut = f" (threshold {threshold:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5"
-        if "cv_cut_from_other_folds" in metrics:
-            cut += f", {metrics['cv_cut_from_other_folds']:.4f} with each fold cut where the other folds say"
-        cut += ")"
-    if bias is not None:
-        cut = f" (class biases tuned on OOF; {metrics['cv_argmax']:.4f} at argmax"
-        if "cv_bias_from_other_folds" in metrics:
-            cut += f", {metrics['cv_bias_from_other_folds']:.4f} with each fold's biases from the other folds"
-        cut += ")"
-    print(f"CV {metric.name}: {cv:.4f}{cut}  folds: {', '.join(f'{s:.4f}' for s in fold_scores)}")
     return metrics

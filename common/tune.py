@@ -1,4 +1,5 @@
-"""Optuna studies for any competition: make <c>-tune [RUN=<study>] ARGS="tune.n_trials=50 lr=... ...".
+"""Optuna studies for any competition (make <c>-tune [RUN=<study>] ARGS="tune.n_trials=50 lr=... ...", parsed in
+common/cli.py).
 
 The search space is the `tune.space` section of the competition's config (any config key). Every trial is a
 normal run folder, runs/<c>/<study>-t<N>, trained on the study's folds (`tune.folds`, the same rows for every
@@ -34,7 +35,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from common.config import parse_args
+from common.config import command_section
 from common.errors import ConfigError, NotFound
 from common.io import atomic_path, write_csv
 from common.metrics import get_metric
@@ -66,16 +67,9 @@ class StudyFull(Exception):
     """Raised in a trial started after other workers had already filled the study."""
 
 
-def command(task: Task, argv: list[str] | None = None) -> optuna.Study:
-    """make <c>-tune RUN=study ARGS="tune.n_trials=30 lr=...": the config and the tune.* settings from argv."""
-    cfg, settings = load_settings(task, argv)
-    return tune(task, cfg, settings)
-
-
 def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> optuna.Study:
     """Run (or resume) the study over settings.space (default: the config's tune: section); returns the study."""
-    from common import cli
-    settings = settings if settings is not None else cli.command_section("tune", TUNE_DEFAULTS, cfg, [])
+    settings = settings if settings is not None else command_section("tune", TUNE_DEFAULTS, cfg)
     metric = get_metric(task.metric)
     study_name = settings.study_name or cfg.run_name or "tune"
     space = search_space(cfg, settings)  # bad settings fail here, before anything is written
@@ -129,15 +123,6 @@ def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> opt
                                   optuna.study.MaxTrialsCallback(settings.n_trials, states=COUNTED)])
     report_study(study, study_dir, settings, metric.name, task.name)
     return study
-
-
-def load_settings(task: Task, argv: list[str] | None) -> tuple[DictConfig, DictConfig]:
-    """(config, tune settings). The tune.* arguments stay out of the config, so every trial's config is the same
-    whatever n_trials or storage an invocation asks for; competitions without a `tune:` section get TUNE_DEFAULTS."""
-    from common import cli
-    args = parse_args(argv)
-    cfg = task.config([o for o in args.overrides if not o.startswith("tune.")], args.config)
-    return cfg, cli.command_section("tune", TUNE_DEFAULTS, cfg, args.overrides)
 
 
 def search_space(cfg: DictConfig, settings: DictConfig) -> dict:
@@ -331,16 +316,6 @@ def save_plots(study: optuna.Study, plots_dir: Path, n_complete: int) -> None:
 
 
 # ---- the dashboard -----------------------------------------------------------------------------------
-DASHBOARD_ARGS = {"run_name": None, "runs_dir": "runs", "storage": None, "host": "127.0.0.1", "port": 8080}
-
-
-def dashboard_command(task: Task, argv: list[str] | None = None) -> None:
-    """make <c>-dashboard RUN=<study> [ARGS="port=8081 storage=journal"]: optuna-dashboard on the study's storage."""
-    from common import cli
-    args = cli.command_args(argv, DASHBOARD_ARGS, "dashboard")
-    dashboard(task, args.run_name or "tune", args.storage, args.runs_dir, args.host, int(args.port))
-
-
 def dashboard(task: Task, study_name: str, storage: str | None = None, runs_dir: str = "runs",
               host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard for a study until interrupted. storage: as tune.storage (null: the study's SQLite,

@@ -1,6 +1,6 @@
 """One command line for every competition: python -m competitions <c> <command> [--config X] key=value ...
 
-Commands: train, infer, submit, rescore, ensemble, tune, push, gradcam, runs, dashboard, demo. A new competition folder gets all of
+Commands: train, infer, submit, rescore, ensemble, tune, push, gradcam, runs, dashboard, download, demo. A new competition folder gets all of
 them by defining its Task subclass in competitions/<c>/task.py; nothing here names a competition.
 This is the one place where a UserError (bad data, config, missing run or weights) becomes a one-line message and
 exit code 2; any other exception is a bug and keeps its traceback.
@@ -20,12 +20,13 @@ COMMANDS = {
     "infer": "common.cli:infer",
     "submit": "common.cli:submit",
     "rescore": "common.cli:rescore",
-    "ensemble": "common.ensemble:command",
-    "tune": "common.tune:command",
-    "push": "common.kaggle:command",
-    "gradcam": "common.gradcam:command",
-    "runs": "common.leaderboard:command",
-    "dashboard": "common.tune:dashboard_command",
+    "ensemble": "common.cli:ensemble",
+    "tune": "common.cli:tune",
+    "push": "common.cli:push",
+    "gradcam": "common.cli:gradcam",
+    "runs": "common.cli:runs",
+    "dashboard": "common.cli:dashboard",
+    "download": "common.cli:download",
 }
 
 

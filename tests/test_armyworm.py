@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from common import cli
-from common.gradcam import command as gradcam_command
+from common.cli import gradcam as gradcam_command
 from common.gradcam import explain
 from common.io import DataError
 from common.runs import Run

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import api, ensemble, gradcam
+from common import api, cli, ensemble, gradcam
 from common.errors import NotFound
 from common.io import read_json
 from common.metrics import get_metric, score_with_cut_from_other_folds, tune_threshold
@@ -96,7 +96,7 @@ def test_seed_averaging_two_seeds_share_folds_and_blend(pair_task):
     b = api.train(pair_task, pair_task.config(["run_name=s2", "seed=2"]))
     assert a.folds_path.read_text() == b.folds_path.read_text(), "the split follows fold_seed, not seed"
     assert not pd.read_csv(a.oof_path).pred.equals(pd.read_csv(b.oof_path).pred)
-    blend = ensemble.command(pair_task, ["runs=s1 s2", "run_name=seeds"])
+    blend = cli.ensemble(pair_task, ["runs=s1 s2", "run_name=seeds"])
     assert blend.metrics()["cv"] >= max(a.metrics()["cv"], b.metrics()["cv"]) - 1e-12
     moved = api.train(pair_task, pair_task.config(["run_name=s3", "fold_seed=5"]))
     assert moved.folds_path.read_text() != a.folds_path.read_text()

@@ -24,7 +24,7 @@ def metrics(runs_dir, name):
 
 
 def test_the_blend_scores_at_least_the_better_run_and_can_be_submitted(two_runs, workdir, capsys):
-    result = ensemble.command(TASK, ["runs=a b", "run_name=blend", f"runs_dir={two_runs}"])
+    result = cli.ensemble(TASK, ["runs=a b", "run_name=blend", f"runs_dir={two_runs}"])
     report = capsys.readouterr().out
     blend_dir = two_runs / "usppm/blend"
     saved = metrics(two_runs, "blend")
@@ -61,7 +61,7 @@ def test_rescoring_a_text_run_as_trained_gives_back_its_cv(two_runs, workdir):
 @pytest.mark.parametrize("args", [["rank=true"], ["method=scipy"], ["method=hill"], ["method=mean"]])
 def test_rank_averaging_and_each_weight_search(two_runs, workdir, args):
     name = "blend-" + "-".join(a.split("=")[1] for a in args)
-    ensemble.command(TASK, ["runs=a b", f"run_name={name}", f"runs_dir={two_runs}", *args])
+    cli.ensemble(TASK, ["runs=a b", f"run_name={name}", f"runs_dir={two_runs}", *args])
     saved = metrics(two_runs, name)
     recipe = json.loads((two_runs / f"usppm/{name}/blend.json").read_text())
     assert recipe["rank"] == ("rank=true" in args)

@@ -12,13 +12,13 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from sklearn.datasets import load_sample_images
 from timm.data import ImageNetInfo
 
+from common.cli import gradcam_args
 from common.config import ConfigError
 from common.gradcam import (
     cam_targets,
     overlay,
     overlay_name,
     pick_groups,
-    split_args,
     target_layer,
 )
 from common.vision import create_image_model, load_backbone_weights
@@ -85,13 +85,13 @@ def test_groups_hold_the_most_confident_rows_of_each_kind_of_answer():
 
 
 def test_own_arguments_are_split_from_run_overrides():
-    own, overrides = split_args(["run_name=x", "run2=y", "n=3", "image_dir=/imgs", "gradcam_layer=backbone.layer3"])
+    own, overrides = gradcam_args(["run_name=x", "run2=y", "n=3", "image_dir=/imgs", "gradcam_layer=backbone.layer3"])
     assert own == {"run2": "y", "n": 3, "cam_target": "predicted"}
     assert overrides == ["run_name=x", "image_dir=/imgs", "gradcam_layer=backbone.layer3"]
     for bad, message in [("n=many", "whole number"), ("n=0", "at least 1"), ("cam_target=max", "predicted or true"),
                          ("run2", "not key=value")]:
         with pytest.raises(ConfigError, match=message):
-            split_args([bad])
+            gradcam_args([bad])
 
 
 def test_overlay_names_are_file_names():

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common import cli, ensemble
+from common import cli
 from common.errors import ConfigError, DataError
 from common.metrics import nmae
 from common.tabular import (
@@ -173,7 +173,7 @@ def test_each_model_kind_end_to_end_then_blend_and_submit(workdir):
     assert (workdir / "runs/growth/fusion/fold0/scaler.joblib").is_file()
     assert len(list((workdir / "runs/growth/fusion/plots/leaf_masks").glob("*.png"))) == 2
 
-    ensemble.command(TASK, ["runs=gbm cnn fusion", "run_name=blend"])
+    cli.ensemble(TASK, ["runs=gbm cnn fusion", "run_name=blend"])
     sub = pd.read_csv(cli.submit(TASK, ["run_name=blend"]))
     sample = pd.read_csv(data / "sample_submission.csv")
     assert list(sub.columns) == ["img_name", "leaf_weight"] and list(sub["img_name"]) == list(sample["img_name"])

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from common import ensemble, kaggle
+from common import cli, kaggle
 from common.submission import validate
 from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
@@ -50,8 +50,8 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
     for run in ("a", "b"):
         (runs / run / "kaggle.json").write_text(json.dumps({"username": "me", "key": SECRET}))
         (runs / run / "backbone/.env").write_text(f"HF_TOKEN={SECRET}\n")
-    ensemble.command(TASK, ["runs=a b", "run_name=kblend", "method=scipy", f"runs_dir={two_runs}"])
-    out = kaggle.command(TASK, ["run_name=kblend", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
+    cli.ensemble(TASK, ["runs=a b", "run_name=kblend", "method=scipy", f"runs_dir={two_runs}"])
+    out = cli.push(TASK, ["run_name=kblend", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
                                   "kaggle.owner=kit-tester"])
     printed = capsys.readouterr().out
     assert "kaggle datasets create -p" in printed and "kaggle kernels push -p" in printed
@@ -97,7 +97,7 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
 
 
 def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir, no_credentials):
-    out = kaggle.command(TASK, ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
+    out = cli.push(TASK, ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]",
                                   "kaggle.owner=kit-tester", "kaggle.gpu=true"])
     dataset = json.loads((out / "dataset/dataset-metadata.json").read_text())
     # kaggle datasets create: id, title (6-50), exactly one license with a name, slug of 6-50.
@@ -124,7 +124,7 @@ def test_a_competition_off_kaggle_still_gets_a_bundle_without_competition_source
     class OffKaggle(UsppmTask):
         kaggle_competition = None
 
-    out = kaggle.command(OffKaggle(), ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]"])
+    out = cli.push(OffKaggle(), ["run_name=a", f"runs_dir={two_runs}", "dry_run=true", "kaggle.wheels=[]"])
     meta = json.loads((out / "kernel/kernel-metadata.json").read_text())
     assert meta["competition_sources"] == [] and meta["dataset_sources"]
     printed = capsys.readouterr().out

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common import ensemble, kaggle
+from common import cli
 from tests import toykit
 
 TRAIN = ["toy", "train", "folds=2", "epochs=2", "checkpoint_every=2"]  # 6 steps an epoch, 12 a fold, 24 a run
@@ -128,7 +128,6 @@ def kill_mid_write(workdir: Path, n: int, *args: str) -> str:
 
 def test_infer_and_submit_killed_mid_write_leave_no_half_written_file(chain, tracked_writes):
     workdir = chain[0]
-    from common import cli
     preds = workdir / "runs/toy/ref/test_preds.csv"
     before = final_files(workdir)
     kill_mid_write(workdir, 1, "infer", "run_name=ref")  # its one write: test_preds.csv
@@ -148,11 +147,11 @@ def test_ensemble_and_push_killed_mid_write_leave_only_complete_files(chain, tra
     """Counted in this process on other targets, killed at a write drawn from the seed, finished in this process:
     every file the killed process left at a final path is byte-identical to the finished command's."""
     workdir, rng = chain[0], random.Random(seed)
-    n = len([p for p in tracked_writes(ensemble.command, ["runs=ref k", "run_name=count"]) if "/count/" in p])
+    n = len([p for p in tracked_writes(cli.ensemble, ["runs=ref k", "run_name=count"]) if "/count/" in p])
     before_kill = final_files(workdir)
     kill_mid_write(workdir, rng.randint(1, n), "ensemble", "runs=ref k", "run_name=blend")
     after_kill = final_files(workdir)
-    tracked_writes(ensemble.command, ["runs=ref k", "run_name=blend"])
+    tracked_writes(cli.ensemble, ["runs=ref k", "run_name=blend"])
     finished = final_files(workdir)
     assert set(after_kill) - set(before_kill), "the killed blend had written something"
     for path, content in after_kill.items():
@@ -160,12 +159,12 @@ def test_ensemble_and_push_killed_mid_write_leave_only_complete_files(chain, tra
     assert (workdir / "runs/toy/blend/test_preds.csv").is_file()
 
     push = ["run_name=blend", "dry_run=true", "kaggle.wheels=[]", "kaggle.owner=me"]
-    n = len(tracked_writes(kaggle.command, [*push, "out=count-push"]))  # kit code, runs, metadata: ~50 files
+    n = len(tracked_writes(cli.push, [*push, "out=count-push"]))  # kit code, runs, metadata: ~50 files
     before_kill = final_files(workdir)
     kill_mid_write(workdir, rng.randint(1, n), "push", *push)
     after_kill = final_files(workdir)
     assert after_kill == before_kill, "nothing of a killed push is in runs/toy/blend/kaggle/{dataset,kernel}"
-    tracked_writes(kaggle.command, push)
+    tracked_writes(cli.push, push)
     bundle = workdir / "runs/toy/blend/kaggle"
     assert sorted(p.name for p in bundle.iterdir()) == ["dataset", "kernel"], "staging folders cleaned up"
     assert not [p for p in bundle.rglob("*") if p.name.endswith(".tmp")], "no leftover of a killed write bundled"

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from common import api, ensemble, leaderboard
+from common import api, cli, leaderboard
 from common.errors import ConfigError
 from common.runs import Run
 from tests.conftest import REPO
@@ -21,13 +21,13 @@ from tests.conftest import REPO
 def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unfinished_run(pair_task, capsys):
     a = api.train(pair_task, pair_task.config(["run_name=a", "epochs=2"]))
     b = api.train(pair_task, pair_task.config(["run_name=b", "epochs=2", "lr=5e-2", "seed=3"]))
-    ensemble.blend(pair_task, [a, b], "blend")
+    api.ensemble(pair_task, [a, b], "blend")  # the blend and its test predictions
     shutil.copytree(a.dir, a.dir.parent / "killed")          # as a killed run leaves it: no metrics, 2 of 3 folds
     (a.dir.parent / "killed/metrics.json").unlink()
     (a.dir.parent / "killed/fold2/done.json").unlink()
     api.submit(pair_task, b)
 
-    table = leaderboard.command(pair_task, [])
+    table = cli.runs(pair_task, [])
     printed = capsys.readouterr().out
     finished = table[table.status != "unfinished (2/3 folds)"]
     assert list(finished.cv) == sorted(finished.cv, reverse=True), "accuracy: higher first"
@@ -43,7 +43,7 @@ def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unf
     assert rows.loc["blend", "status"] == "blend"
     assert rows.loc["a", "folds"] == ", ".join(f"{s:.4f}" for s in a.metrics()["folds"])
 
-    only = leaderboard.command(pair_task, ["where=status == 'finished' and lr < 0.03", "top=1", "out=runs.csv"])
+    only = cli.runs(pair_task, ["where=status == 'finished' and lr < 0.03", "top=1", "out=runs.csv"])
     assert list(only.run) == ["a"] and pd.read_csv("runs.csv").run.tolist() == ["a"]
     assert "lr" not in only.columns, "a key that does not differ between the runs shown is not a column"
     by_lr = leaderboard.runs_table(pair_task, sort="-lr", where="status == 'finished'")

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from common import tune
-from common.cli import command_section
+from common import cli
+from common.config import command_section
 from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
 from tests.conftest import REPO, shared_data
@@ -106,7 +107,7 @@ def test_a_diverging_trial_is_pruned_after_its_first_epoch(workdir):
     study.enqueue_trial({"lr": 1e-4, "head_lr": 1e-3})
     study.enqueue_trial({"lr": 1e10, "head_lr": 1e10})  # diverges: NaN loss, NaN Pearson
 
-    study = tune.command(TASK, ["--config", str(config), f"data_dir={data}", *TINY, "epochs=2", "run_name=prune",
+    study = cli.tune(TASK, ["--config", str(config), f"data_dir={data}", *TINY, "epochs=2", "run_name=prune",
                              "tune.n_trials=2", "tune.startup_trials=1"])
     good, bad = study.get_trials()
     assert good.state == TrialState.COMPLETE and sorted(good.intermediate_values) == [1, 2]
@@ -117,7 +118,7 @@ def test_a_diverging_trial_is_pruned_after_its_first_epoch(workdir):
 
 def test_a_competition_without_a_tune_section_gets_the_defaults():
     cfg = OmegaConf.create({"lr": 3e-4, "folds": 5})
-    settings = command_section("tune", tune.TUNE_DEFAULTS, cfg, ["tune.n_trials=7", "tune.pruner=hyperband"])
+    settings = command_section("tune", tune.TUNE_DEFAULTS, cfg, {"n_trials": 7, "pruner": "hyperband"})
     assert settings.n_trials == 7 and settings.pruner == "hyperband" and list(settings.folds) == [0]
     (key, dist), = tune.search_space(cfg, settings).items()
     assert key == "lr" and dist.log and dist.low == pytest.approx(3e-5) and dist.high == pytest.approx(3e-3)

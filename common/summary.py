@@ -1,0 +1,32 @@
+"""A run's summary: metrics.json (a rescore's metrics_<setting>.json) and the CV line printed with it, written the
+same way for a trained run, an estimator run, a blend and a rescore."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.io import write_json
+
+
+def write_summary(metrics: dict, path: Path) -> dict:
+    """Write metrics (metric, cv, folds, and the decision figures of metrics.tune_decision where there are some)
+    to path and print its line; returns metrics."""
+    write_json(metrics, path)
+    print(summary_line(metrics))
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    """CV <metric>: <cv> (the decision rule tuned on OOF, the score without it and with it tuned on the other
+    folds)  folds: <each fold's score>."""
+    rule = ""
+    if metrics.get("threshold") is not None:
+        rule = f" (threshold {metrics['threshold']:.4f} tuned on OOF; {metrics['cv_at_0.5']:.4f} at 0.5"
+        if "cv_cut_from_other_folds" in metrics:
+            rule += f", {metrics['cv_cut_from_other_folds']:.4f} with each fold cut where the other folds say"
+        rule += ")"
+    if metrics.get("class_bias") is not None:
+        rule = f" (class biases tuned on OOF; {metrics['cv_argmax']:.4f} at argmax"
+        if "cv_bias_from_other_folds" in metrics:
+            rule += f", {metrics['cv_bias_from_other_folds']:.4f} with each fold's biases from the other folds"
+        rule += ")"
+    return f"CV {metrics['metric']}: {metrics['cv']:.4f}{rule}  folds: {', '.join(f'{s:.4f}' for s in metrics['folds'])}"
