@@ -101,8 +101,8 @@ def ensemble(task: Task, runs: list[str | Run], name: str | None = None, method:
               f"(make {task.name}-infer RUN={blended.name} ARGS=\"test_file=...\")")
         return blended
     frames = []
-    for member in blended.blend_spec()["runs"]:
-        member = Run(blended.dir.parent / member)
+    for member_name in blended.blend_spec()["runs"]:
+        member = Run(blended.dir.parent / member_name)
         if not member.test_preds_path.is_file():
             print(f"run {member.name} has no test predictions yet: predicting the test set")
             predict_test(task, member)
