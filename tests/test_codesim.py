@@ -10,9 +10,9 @@ from rank_bm25 import BM25Okapi
 
 from common.errors import DataError
 from common.pairs import PairSampler, SpecialTokens, fair_budget, head_tail, word_tokens
-from common.pysource import Normalizer, decode_source, strip_python
 from common.task import TARGET
 from competitions.codesim.demo import make_dataset
+from competitions.codesim.normalise import Normalizer, decode_source, strip_python
 from competitions.codesim.task import CodesimTask, load_corpus
 from tests.conftest import shared_data
 
