@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import precision_recall_fscore_support
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import WeightedRandomSampler
 
 from common.errors import ConfigError
+from common.losses import check_loss, focal_loss, get_loss  # noqa: F401  focal_loss: its old home
 from common.task import TARGET, Task, model_inputs
 
 IMBALANCE_DEFAULTS = {
@@ -29,7 +29,7 @@ IMBALANCE_DEFAULTS = {
     "upsample_to": None,        # replicate the rows of every label with fewer rows up to N (whole copies + a seeded rest)
     "downsample_to": None,      # keep at most N rows of every label (a seeded sample): down-sampling the majority
     "class_weights": None,      # null | balanced | sqrt: cost-sensitive loss, weight n/(k*count) (sqrt: its root)
-    "loss": "ce",               # ce (cross-entropy) | focal (Lin et al. 2017: down-weights easy rows)
+    "loss": "ce",               # ce (cross-entropy) | focal (Lin et al. 2017: down-weights easy rows); common/losses.py
     "focal_gamma": 2.0,         # focal loss exponent; 0 is cross-entropy
     "label_smoothing": 0.0,     # share of the target spread over all classes
     "mixup_alpha": 0.0,         # mixup: lambda ~ Beta(alpha, alpha), batch mixed with a shuffled copy; 0 -> off
@@ -41,7 +41,6 @@ IMBALANCE_DEFAULTS = {
 
 SAMPLERS = (None, "weighted")
 CLASS_WEIGHTS = (None, "balanced", "sqrt")
-LOSSES = ("ce", "focal")
 
 
 # ---- re-sampling the training frame -------------------------------------------------------------
@@ -111,8 +110,7 @@ class ClassificationLoss(nn.Module):
     def __init__(self, targets=None, class_weights: str | None = None, loss: str = "ce", gamma: float = 2.0,
                  label_smoothing: float = 0.0):
         super().__init__()
-        if loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_loss(loss, "multiclass")
         if class_weights not in CLASS_WEIGHTS:
             raise ConfigError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
         self.targets, self.class_weights = targets, class_weights
@@ -127,23 +125,10 @@ class ClassificationLoss(nn.Module):
         return self._weight.to(device)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        weight = self.weight(logits.shape[-1], logits.device)
-        if self.loss == "ce":
-            return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
-        return focal_loss(logits, target, self.gamma, weight, self.label_smoothing)
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float, weight: torch.Tensor | None = None,
-               label_smoothing: float = 0.0) -> torch.Tensor:
-    """-sum_c q_c (1 - p_c)^gamma log p_c, q the (smoothed) one-hot target; a row weighs weight[target],
-    the mean is weighted as in cross-entropy. gamma=0 without smoothing is cross-entropy."""
-    log_p = logits.log_softmax(-1)
-    n_classes = logits.shape[-1]
-    q = F.one_hot(target, n_classes).float() * (1 - label_smoothing) + label_smoothing / n_classes
-    per_row = -(q * (1 - log_p.exp()).pow(gamma) * log_p).sum(-1)
-    w = weight[target] if weight is not None else torch.ones_like(per_row)
-    return (w * per_row).sum() / w.sum()
+        options = {"weight": self.weight(logits.shape[-1], logits.device), "label_smoothing": self.label_smoothing}
+        if self.loss == "focal":
+            options["gamma"] = self.gamma
+        return get_loss(self.loss, "multiclass", **options)(logits, target)
 
 
 def mixup_loss(model: nn.Module, batch: dict, loss_fn, alpha: float) -> torch.Tensor:

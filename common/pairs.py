@@ -1,8 +1,6 @@
 """Pair tasks: "do these two items belong together?" when the training data is items grouped by a label
 (programs by problem, photos by identity, questions by duplicate cluster).
 
-- `bm25_hard_negatives`: for every item, the k items of OTHER groups that BM25 (rank-bm25's Okapi scores) ranks
-  highest with the item as the query: the negatives that look most alike.
 - `PairSampler`: a per-epoch draw of (i, j, label) pairs, a share of them positives (same group), the negatives
   part random and part hard. It draws from a torch.Generator that the trainer re-seeds every epoch, so a resumed run
   sees the same pairs. A dataset's __getitem__ takes the tuple.
@@ -12,15 +10,16 @@
 - `pair_batch`: the collation for BiEncoder: the distinct items of a batch, padded once, and two index vectors.
 - `SpecialTokens`, `fair_budget`, `head_tail`: a cross-encoder's pair input from pre-tokenized sides, the token
   budget split fairly between the two texts, each cut to its head and tail (tokenize each distinct text once).
+- `CrossPairs`, `BiPairs` (`PairEncoding`): what differs between the two encoders (dataset item, collation,
+  model, training loss, default loss, TTA views); PairTextTask picks one from `encoder=` (`PAIRINGS`).
 - `PairTextTask`: the family of pair-of-texts competitions built on the above. A competition supplies its corpus
   (texts grouped by a label) and names its columns; the family scores fixed pairs drawn per group (`scored_pairs`),
   folds over groups (`group_folds`; a pair across two folds is in none), mines BM25 hard negatives per training
-  fold, re-draws training pairs every epoch, and trains a cross-encoder or a bi-encoder (`encoder=`).
+  fold (`common/bm25.py`), re-draws training pairs every epoch, and trains a cross-encoder or a bi-encoder.
 """
 from __future__ import annotations
 
 import hashlib
-import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import combinations
@@ -30,84 +29,22 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from rank_bm25 import BM25Okapi
-from scipy import sparse
 from torch import nn
 
+from common.bm25 import bm25_hard_negatives, word_tokens
 from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
 from common.io import read_csv, write_csv
 from common.submission import check_sample_ids
 from common.task import BOOKKEEPING, TARGET, read_frame
-from common.text import SWAP, TEXT_DEFAULTS, PaddingCollator, TextTask, load_tokenizer
+from common.text import SWAP, TEXT_DEFAULTS, PaddingCollator, TextTask, drop_pooler, load_tokenizer, mean_pool
 
 GROUPS = "groups"  # a bi-encoder training batch's group code per distinct item (in_batch_pairs)
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
-
-
-def word_tokens(text: str) -> list[str]:
-    """BM25 terms of a text: identifiers, keywords and numbers (punctuation is noise for code and prose alike)."""
-    return _WORD.findall(text)
 
 
 def text_key(text: str) -> int:
     """A stable 63-bit content hash: the key of an item in BiEncoder's embedding cache."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1
-
-
-# ---- BM25 hard negatives ------------------------------------------------------------------------------------------
-def bm25_index(docs: Sequence[list[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
-    """rank-bm25's Okapi index and its scores as a sparse term x doc matrix W, so that a query's scores are
-    counts(query) @ W, exactly BM25Okapi.get_scores (which sums over the query's tokens, repeats included)."""
-    docs = [list(d) if len(d) else ["<empty>"] for d in docs]  # rank-bm25 divides by the mean length
-    bm25 = BM25Okapi(docs, k1=k1, b=b, epsilon=epsilon)
-    vocab = {w: i for i, w in enumerate(bm25.idf)}
-    rows, cols, vals = [], [], []
-    for d, freqs in enumerate(bm25.doc_freqs):
-        norm = bm25.k1 * (1 - bm25.b + bm25.b * bm25.doc_len[d] / bm25.avgdl)
-        for w, tf in freqs.items():
-            rows.append(vocab[w])
-            cols.append(d)
-            vals.append(bm25.idf[w] * tf * (bm25.k1 + 1) / (tf + norm))
-    weights = sparse.csr_matrix((vals, (rows, cols)), shape=(len(vocab), len(docs)))
-    return bm25, vocab, weights
-
-
-def bm25_scores(queries: Sequence[list[str]], vocab: dict, weights) -> np.ndarray:
-    """Dense (n_queries, n_docs) BM25 scores of each query against the index."""
-    rows, cols = [], []
-    for q, tokens in enumerate(queries):
-        for w in tokens:
-            if w in vocab:
-                rows.append(q)
-                cols.append(vocab[w])
-    counts = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(queries), len(vocab)))
-    return np.asarray((counts @ weights).todense())
-
-
-def bm25_hard_negatives(docs: Sequence[list[str]], groups: Sequence, k: int, chunk: int = 512,
-                        **bm25_args) -> np.ndarray:
-    """(n, k) positions of the k highest-scoring documents of other groups for each document used as the query,
-    best first; -1 where fewer than k exist. Chunked sparse products: practical for tens of thousands of files."""
-    n = len(docs)
-    groups = np.asarray(groups)
-    out = np.full((n, max(k, 0)), -1, dtype=np.int64)
-    if k <= 0 or n == 0:
-        return out
-    _, vocab, weights = bm25_index(docs, **bm25_args)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        # rounded: rank-bm25 and a sparse product sum in different orders; equal scores must stay equal (ties)
-        scores = np.round(bm25_scores(docs[start:stop], vocab, weights), 9)
-        scores[groups[start:stop, None] == groups[None, :]] = -np.inf  # same group: not a negative (self included)
-        kk = min(k, n)
-        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1]  # the k-th best score of each row
-        for r in range(stop - start):
-            # everything tied with the k-th best, best first, ties broken by position (a stable, exact top-k)
-            cand = np.flatnonzero((scores[r] >= kth[r]) & np.isfinite(scores[r]))
-            cand = cand[np.lexsort((cand, -scores[r, cand]))][:kk]
-            out[start + r, :len(cand)] = cand
-    return out
 
 
 # ---- token budgets -------------------------------------------------------------------------------------------------
@@ -273,8 +210,7 @@ class BiEncoder(nn.Module):
 
     def __init__(self, backbone: nn.Module, chunk: int = 64):
         super().__init__()
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None  # unused; unused parameters break DDP
+        drop_pooler(backbone)
         self.backbone, self.chunk = backbone, chunk
         self.cache: dict[int, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(lambda module, keys: module.cache.clear())
@@ -285,9 +221,7 @@ class BiEncoder(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return nn.functional.normalize(pooled.float(), dim=-1)
+        return nn.functional.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
 
     def forward(self, input_ids, attention_mask, keys, a, b):
         if self.training:
@@ -384,21 +318,20 @@ def tokenize_all(tokenizer, texts: list[str], chunk: int = 2048) -> list[list[in
 
 
 class PairTextDataset(torch.utils.data.Dataset):
-    """Pairs of texts for either encoder. Each distinct text is tokenized once (in one batched call).
+    """Pairs of texts for either encoder: `pairing` (CrossPairs or BiPairs) builds each item. Each distinct text is
+    tokenized once (in one batched call).
 
     Scoring (valid/test): item k is the pair at order[k], longest first, so batches hold similar lengths (less
     padding); its 'index' is the pair's row, which is where the engine puts the prediction. Training: item
-    (i, j, label) from PairSampler, i and j positions among the texts.
-    cross: input_ids of [CLS] a [SEP] b [SEP], the budget max_len split fairly, each side cut to head + tail
-    (and the swapped pair under swap_ keys for TTA). bi: each side's ids (max_len each) and content key (and,
-    training with `groups`, each side's group code)."""
+    (i, j, label) from PairSampler, i and j positions among the texts. swap=True adds the swapped pair under swap_
+    keys (TTA); training with `groups` (in_batch_pairs), each side's group code."""
 
-    def __init__(self, tokenizer, texts: list[str], encoder: str, max_len: int, head_share: float = 0.5,
-                 a=None, b=None, targets=None, swap: bool = False, groups=None):
-        self.encoder, self.max_len, self.head_share, self.swap = encoder, int(max_len), head_share, swap
+    def __init__(self, tokenizer, texts: list[str], pairing: PairEncoding, max_len: int,
+                 head_share: float = 0.5, a=None, b=None, targets=None, swap: bool = False, groups=None):
+        self.pairing, self.max_len, self.head_share, self.swap = pairing, int(max_len), head_share, swap
         self.groups = groups  # training, bi: each text's group code, for in_batch_pairs
         self.special = SpecialTokens(tokenizer)
-        extra = self.special.pair_extra if encoder == "cross" else self.special.single_extra
+        extra = pairing.special_tokens(self.special)
         self.budget = self.max_len - extra
         if self.budget < 2:
             raise ConfigError(f"max_len={self.max_len} leaves no room for text after {extra} special tokens")
@@ -407,8 +340,7 @@ class PairTextDataset(torch.utils.data.Dataset):
         self.a, self.b, self.targets = a, b, targets
         if a is not None:
             cost = np.array([len(i) for i in self.ids])
-            self.order = np.argsort(-(cost[a] + cost[b]) if encoder == "cross" else -np.maximum(cost[a], cost[b]),
-                                    kind="stable")
+            self.order = np.argsort(-pairing.cost(cost[a], cost[b]), kind="stable")
 
     def __len__(self):
         return 0 if self.a is None else len(self.a)
@@ -416,28 +348,127 @@ class PairTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, k):
         if isinstance(k, tuple):  # training: (i, j, label) from the sampler
             i, j, label = k
-            item = self.encode(i, j)
+            item = self.pairing.encode(self, i, j)
             item.update(index=0, target=float(label))
             if self.groups is not None:
                 item.update(group_a=int(self.groups[i]), group_b=int(self.groups[j]))
             return item
         row = int(self.order[k])
-        item = self.encode(int(self.a[row]), int(self.b[row]))
+        item = self.pairing.encode(self, int(self.a[row]), int(self.b[row]))
         if self.swap:
-            item.update({f"{SWAP}{key}": v for key, v in self.encode(int(self.b[row]), int(self.a[row])).items()})
+            swapped = self.pairing.encode(self, int(self.b[row]), int(self.a[row]))
+            item.update({f"{SWAP}{key}": v for key, v in swapped.items()})
         item["index"] = row
         if self.targets is not None:
             item["target"] = float(self.targets[row])
         return item
 
-    def encode(self, i: int, j: int) -> dict:
-        if self.encoder == "bi":
-            return {"ids_a": self.special.single(head_tail(self.ids[i], self.budget, self.head_share)),
-                    "ids_b": self.special.single(head_tail(self.ids[j], self.budget, self.head_share)),
-                    "key_a": self.keys[i], "key_b": self.keys[j]}
-        n_a, n_b = fair_budget(len(self.ids[i]), len(self.ids[j]), self.budget)
-        return self.special.pair(head_tail(self.ids[i], n_a, self.head_share),
-                                 head_tail(self.ids[j], n_b, self.head_share))
+
+# ---- the two encoders ---------------------------------------------------------------------------------------------
+class PairEncoding:
+    """What differs between the pair family's encoders; PairTextTask picks one from `encoder=` (PAIRINGS) and its
+    hooks ask it. `family` is PairTextTask's super(): the text family's hooks, which an encoder defers to where it
+    does what any text task does."""
+
+    loss_kind: str               # the kind of output, for the loss registry (common/losses.py)
+    default_loss: str            # loss= unset
+    in_batch_pairs: bool         # can train on every pair of a batch's distinct texts
+
+    def special_tokens(self, special: SpecialTokens) -> int:
+        """How many special tokens an item adds (the rest of max_len is text)."""
+        raise NotImplementedError
+
+    def cost(self, len_a: np.ndarray, len_b: np.ndarray) -> np.ndarray:
+        """What a scored pair costs to run, from its texts' token counts: pairs go longest first."""
+        raise NotImplementedError
+
+    def encode(self, data: PairTextDataset, i: int, j: int) -> dict:
+        """The model inputs of the pair of texts i, j of data."""
+        raise NotImplementedError
+
+    def swaps(self, cfg: DictConfig, mode: str) -> bool:
+        """Whether items of this mode also hold the swapped pair (TTA)."""
+        return False
+
+    def collate(self, tokenizer):
+        raise NotImplementedError
+
+    def model(self, text_model: nn.Module) -> nn.Module:
+        """The network, from the text family's (backbone + pooling head)."""
+        return text_model
+
+    def train_loss(self, family, cfg, model, batch, loss_fn):
+        return family.train_loss(cfg, model, batch, loss_fn)
+
+    def tta_views(self, family, cfg, batch):
+        return family.tta_views(cfg, batch)
+
+
+class CrossPairs(PairEncoding):
+    """encoder=cross: one transformer reads both texts, [CLS] a [SEP] b [SEP], the max_len budget split fairly and
+    each side cut to head + tail; one logit through the text family's head, BCE; pair-swap TTA (tta=true)."""
+
+    loss_kind, default_loss = "binary", "bce"
+    in_batch_pairs = False  # it scores only the pairs it reads
+
+    def special_tokens(self, special: SpecialTokens) -> int:
+        return special.pair_extra
+
+    def cost(self, len_a: np.ndarray, len_b: np.ndarray) -> np.ndarray:
+        return len_a + len_b
+
+    def encode(self, data: PairTextDataset, i: int, j: int) -> dict:
+        n_a, n_b = fair_budget(len(data.ids[i]), len(data.ids[j]), data.budget)
+        return data.special.pair(head_tail(data.ids[i], n_a, data.head_share),
+                                 head_tail(data.ids[j], n_b, data.head_share))
+
+    def swaps(self, cfg: DictConfig, mode: str) -> bool:
+        return bool(cfg.tta) and mode == "test"  # the engine scores OOF without TTA
+
+    def collate(self, tokenizer):
+        return PaddingCollator(tokenizer)
+
+
+class BiPairs(PairEncoding):
+    """encoder=bi: sentence-transformers style, one encoder embeds each text (max_len each), mean pooling,
+    L2-normalised; the output is the cosine of the two embeddings (BiEncoder), trained with loss=cosine or
+    contrastive; symmetric, so nothing to average at TTA. in_batch_pairs=true: the loss over every pair of a
+    batch's distinct texts."""
+
+    loss_kind, default_loss = "pair_embedding", "cosine"
+    in_batch_pairs = True
+
+    def special_tokens(self, special: SpecialTokens) -> int:
+        return special.single_extra
+
+    def cost(self, len_a: np.ndarray, len_b: np.ndarray) -> np.ndarray:
+        return np.maximum(len_a, len_b)  # each side is embedded on its own
+
+    def encode(self, data: PairTextDataset, i: int, j: int) -> dict:
+        return {"ids_a": data.special.single(head_tail(data.ids[i], data.budget, data.head_share)),
+                "ids_b": data.special.single(head_tail(data.ids[j], data.budget, data.head_share)),
+                "key_a": data.keys[i], "key_b": data.keys[j]}
+
+    def collate(self, tokenizer):
+        return lambda items: pair_batch(items, tokenizer.pad_token_id)
+
+    def model(self, text_model: nn.Module) -> nn.Module:
+        return BiEncoder(text_model.backbone)  # the cross-encoder's head is not used
+
+    def train_loss(self, family, cfg, model, batch, loss_fn):
+        if GROUPS not in batch:
+            return family.train_loss(cfg, model, batch, loss_fn)
+        inputs, y = in_batch_pairs(batch)
+        cos = model(**inputs).view(-1)
+        # positives and negatives weigh half each (a batch has ~30x more negatives); a class it lacks adds nothing
+        parts = [loss_fn(cos[side], y[side]) for side in (y > 0, y == 0) if side.any()]
+        return sum(parts) / len(parts)
+
+    def tta_views(self, family, cfg, batch):
+        return [batch]  # cos(a, b) = cos(b, a): symmetric by construction
+
+
+PAIRINGS = {"cross": CrossPairs(), "bi": BiPairs()}  # encoder= -> what differs between the two encoders
 
 
 # ---- the pair-text family -----------------------------------------------------------------------------------------
@@ -546,24 +577,25 @@ class PairTextTask(TextTask):
         return read_csv(path, keep_default_na=False)
 
     # ---- network ------------------------------------------------------------------------------
-    def encoder(self, cfg: DictConfig) -> str:
-        if cfg.encoder not in ("cross", "bi"):
-            raise ConfigError(f"encoder must be cross or bi, got {cfg.encoder!r}")
-        return cfg.encoder
+    def pairing(self, cfg: DictConfig) -> PairEncoding:
+        """The encoder `encoder=` names (CrossPairs or BiPairs): everything that differs between the two."""
+        if cfg.encoder not in PAIRINGS:
+            raise ConfigError(f"encoder must be one of {', '.join(PAIRINGS)}, got {cfg.encoder!r}")
+        return PAIRINGS[cfg.encoder]
 
     def dataset(self, cfg, df, mode, ctx):
         tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
-        encoder = self.encoder(cfg)
+        pairing = self.pairing(cfg)
         if mode == "train":  # the fold's pool; items come from train_sampler as (i, j, label)
             corpus, _ = self.corpus(cfg)
             text = dict(zip(corpus[self.item_column], corpus[self.text_column]))
             texts = [text[name] for name in ctx.state[self.item_column]]
             groups = pd.factorize(ctx.state[self.group_column])[0] if self.in_batch(cfg) else None
-            return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share, groups=groups)
+            return PairTextDataset(tokenizer, texts, pairing, cfg.max_len, cfg.head_share, groups=groups)
         texts, a, b = distinct_texts(df, self.pair_columns)
         targets = df[TARGET].to_numpy(dtype=np.float32) if TARGET in df else None
-        swap = bool(cfg.tta) and mode == "test" and encoder == "cross"  # the engine scores OOF without TTA
-        return PairTextDataset(tokenizer, texts, encoder, cfg.max_len, cfg.head_share, a, b, targets, swap)
+        return PairTextDataset(tokenizer, texts, pairing, cfg.max_len, cfg.head_share, a, b, targets,
+                               pairing.swaps(cfg, mode))
 
     def train_sampler(self, cfg, train, ctx):
         pool = ctx.state
@@ -576,57 +608,24 @@ class PairTextTask(TextTask):
                            cfg.hard_share, ctx.generator)
 
     def collate_fn(self, cfg, ctx):
-        tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
-        if self.encoder(cfg) == "bi":
-            return lambda items: pair_batch(items, tokenizer.pad_token_id)
-        return PaddingCollator(tokenizer)
+        return self.pairing(cfg).collate(load_tokenizer(cfg.model, ctx.run_dir))
 
     def build_model(self, cfg, n_outputs, ctx, pretrained):
-        model = super().build_model(cfg, n_outputs, ctx, pretrained)
-        if self.encoder(cfg) == "bi":
-            return BiEncoder(model.backbone)  # the cross-encoder's head is not used
-        return model
+        return self.pairing(cfg).model(super().build_model(cfg, n_outputs, ctx, pretrained))
 
-    def loss_name(self, cfg: DictConfig) -> str:
-        if self.encoder(cfg) == "cross":
-            return super().loss_name(cfg)
-        name = cfg.loss or "cosine"
-        if name not in ("cosine", "contrastive"):
-            raise ConfigError(f"encoder=bi takes loss=cosine (sentence-transformers' CosineSimilarityLoss: MSE of "
-                              f"the cosine to the 0/1 label) or loss=contrastive, got {name!r}")
-        return name
+    def default_loss(self, cfg: DictConfig) -> str:
+        return self.pairing(cfg).default_loss
+
+    def loss_kind(self, cfg: DictConfig) -> str:
+        return self.pairing(cfg).loss_kind
 
     def in_batch(self, cfg: DictConfig) -> bool:
-        if cfg.in_batch_pairs and self.encoder(cfg) != "bi":
+        if cfg.in_batch_pairs and not self.pairing(cfg).in_batch_pairs:
             raise ConfigError("in_batch_pairs=true needs encoder=bi (a cross-encoder scores only the pairs it reads)")
         return bool(cfg.in_batch_pairs)
 
     def train_loss(self, cfg, model, batch, loss_fn):
-        if GROUPS not in batch:
-            return super().train_loss(cfg, model, batch, loss_fn)
-        inputs, y = in_batch_pairs(batch)
-        cos = model(**inputs).view(-1)
-        # positives and negatives weigh half each (a batch has ~30x more negatives); a class it lacks adds nothing
-        parts = [loss_fn(cos[side], y[side]) for side in (y > 0, y == 0) if side.any()]
-        return sum(parts) / len(parts)
-
-    def loss_fn(self, cfg, train, ctx):
-        name = self.loss_name(cfg)
-        if name == "cosine":
-            return lambda cos, y: nn.functional.mse_loss(cos.view(-1).float(), y.float())
-        if name == "contrastive":  # sentence-transformers' ContrastiveLoss on the cosine distance
-            def contrastive(cos, y):
-                d, y = 1 - cos.view(-1).float(), y.float()
-                return 0.5 * (y * d.pow(2) + (1 - y) * nn.functional.relu(cfg.margin - d).pow(2)).mean()
-            return contrastive
-        return super().loss_fn(cfg, train, ctx)
-
-    def activate(self, cfg, logits):
-        if self.encoder(cfg) == "bi":  # the cosine, trained towards the 0/1 label: 0.5 is its natural cut
-            return logits.float().view(-1, 1).clamp(0, 1)
-        return super().activate(cfg, logits)
+        return self.pairing(cfg).train_loss(super(), cfg, model, batch, loss_fn)
 
     def tta_views(self, cfg, batch):
-        if self.encoder(cfg) == "bi":
-            return [batch]  # cos(a, b) = cos(b, a): symmetric by construction
-        return super().tta_views(cfg, batch)
+        return self.pairing(cfg).tta_views(super(), cfg, batch)

@@ -34,6 +34,7 @@ from common.errors import ConfigError, DataError
 from common.folds import TARGET, FoldSpec, make_folds  # noqa: F401  (TARGET: part of the task interface)
 from common.metrics import decided
 from common.io import plain, read_csv, require_columns
+from common.losses import LOSSES, activate, check_loss, get_loss
 
 BOOKKEEPING = ("index", "target")  # batch keys that are not model inputs
 LABEL_METRICS = ("accuracy", "macro_f1")  # metrics that score labels: the decision rule is tuned on OOF
@@ -120,25 +121,31 @@ class Task(ABC):
         None -> as they are. Texts go longest first: each batch holds similar lengths, so little padding."""
         return None
 
+    def default_loss(self, cfg: DictConfig) -> str:
+        """The loss when `loss=` is unset (or a task declares no `loss` key): by the kind of output."""
+        return {"binary": "bce", "regression": "mse", "multiclass": "ce"}[self.kind]
+
+    def loss_kind(self, cfg: DictConfig) -> str:
+        """What the model outputs, for the loss registry (common/losses.py): the task's kind unless a family
+        says otherwise (a bi-encoder's cosine of two embeddings)."""
+        return self.kind
+
+    def loss_name(self, cfg: DictConfig) -> str:
+        """`loss=` checked against the registry for this kind of output; unset: the family's default."""
+        return check_loss(cfg.get("loss") or self.default_loss(cfg), self.loss_kind(cfg))
+
     def loss_fn(self, cfg: DictConfig, train: pd.DataFrame, ctx: FoldContext):
         """loss(logits, target) -> scalar. train is this fold's training frame (for class weights and the like)."""
-        if self.kind == "multiclass":
-            return nn.CrossEntropyLoss()
-        if self.kind == "binary":
-            return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y.float())
-        return lambda logits, y: nn.functional.mse_loss(logits.view(-1), y.float())
+        name = self.loss_name(cfg)
+        return get_loss(name, self.loss_kind(cfg), **{key: cfg[key] for key in LOSSES[name].config_keys})
 
     def train_loss(self, cfg: DictConfig, model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
         """The loss of one training batch. Batch-level tricks that mix inputs and targets (mixup) override this."""
         return loss_fn(model(**model_inputs(batch)), batch["target"])
 
     def activate(self, cfg: DictConfig, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> the predictions stored in oof / test_preds (scores, probabilities)."""
-        if self.kind == "multiclass":
-            return logits.float().softmax(-1)
-        if self.kind == "binary":
-            return logits.float().sigmoid().view(-1, 1)
-        return logits.float().view(-1, 1)
+        """Logits -> the predictions stored in oof / test_preds (scores, probabilities): the loss's own."""
+        return activate(self.loss_name(cfg), logits)
 
     def tta_views(self, cfg: DictConfig, batch: dict) -> list[dict]:
         """The views of a batch that prediction averages (after activate) when tta is on; [batch] when off."""

@@ -25,10 +25,9 @@ TEXT_DEFAULTS = {
     "pooling": "mean",          # cls | mean | attention: how token states become one vector
     "head_dropout": 0.1,        # dropout before the linear head
     "backbone_dropout": None,   # every dropout inside the backbone; null keeps the checkpoint's own
-    "loss": None,               # bce | mse | ce; null -> by kind: bce (binary), mse (regression), ce (multiclass)
+    "loss": None,               # common/losses.py; null -> by kind: bce (binary), mse (regression), ce (multiclass)
     "group_by_length": False,   # batches of similar length (less padding; pays when lengths vary a lot)
 }
-LOSSES = {"bce", "mse", "ce"}
 
 BACKBONE_DIR = "backbone"  # run-folder copy of the backbone's config and tokenizer, so inference needs no hub
 SWAP = "swap_"             # batch keys of the second view of a pair (the two texts swapped)
@@ -88,6 +87,18 @@ def length_grouped_sampler(texts: list, batch_size: int, generator: torch.Genera
     return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the token states the attention mask keeps."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def drop_pooler(backbone: nn.Module) -> None:
+    """BERT's pooler is unused by these heads, and unused parameters break DDP."""
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+
+
 class AttentionPool(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
@@ -106,8 +117,7 @@ class CrossEncoder(nn.Module):
         super().__init__()
         if pooling not in ("cls", "mean", "attention"):
             raise ConfigError(f"pooling must be cls, mean or attention, got {pooling!r}")
-        if getattr(backbone, "pooler", None) is not None:
-            backbone.pooler = None  # BERT's pooler is unused here; unused parameters break DDP
+        drop_pooler(backbone)
         self.backbone, self.pooling, self.dropout_samples = backbone, pooling, dropout_samples
         hidden = backbone.config.hidden_size
         # Everything outside the backbone counts as head (its own learning rate, head_lr).
@@ -120,8 +130,7 @@ class CrossEncoder(nn.Module):
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "mean":
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            pooled = mean_pool(hidden, attention_mask)
         else:
             pooled = self.head["pool"](hidden, attention_mask)
         return multi_sample(lambda x: self.head["fc"](self.head["dropout"](x)), pooled, self.dropout_samples,
@@ -164,8 +173,8 @@ def create_text_model(model_name: str, n_outputs: int, run_dir: Path, pretrained
 # ---- the text task --------------------------------------------------------------------------------
 class TextTask(Task):
     """A Task whose inputs are texts. A competition implements load_train / load_test and `texts`; it may override
-    `encode` (how one text or pair becomes token ids). Tokenizer, dynamic padding, pooling, head, losses and
-    pair-swap TTA live here."""
+    `encode` (how one text or pair becomes token ids). Tokenizer, dynamic padding, pooling, head and pair-swap TTA
+    live here; losses are the registry's (common/losses.py: bce or mse, ce for multiclass)."""
 
     config_defaults = TEXT_DEFAULTS
 
@@ -178,13 +187,6 @@ class TextTask(Task):
     def encode(self, cfg: DictConfig, tokenizer, text) -> dict:
         pair = (text,) if isinstance(text, str) else tuple(text)
         return tokenizer(*pair, truncation=True, max_length=cfg.max_len)
-
-    def loss_name(self, cfg: DictConfig) -> str:
-        name = cfg.loss or {"binary": "bce", "regression": "mse", "multiclass": "ce"}[self.kind]
-        if name not in LOSSES or (name == "ce") != (self.kind == "multiclass"):
-            raise ConfigError(f"loss={name!r} does not fit a {self.kind} task; use "
-                              f"{'ce' if self.kind == 'multiclass' else 'bce or mse'}")
-        return name
 
     def dataset(self, cfg, df, mode, ctx):
         tokenizer = load_tokenizer(cfg.model, ctx.run_dir)
@@ -212,21 +214,6 @@ class TextTask(Task):
         return create_text_model(cfg.model, n_outputs, ctx.run_dir, pretrained, cfg.pooling, cfg.head_dropout,
                                  cfg.backbone_dropout, cfg.get("multi_sample_dropout") or 1,
                                  bool(cfg.get("gradient_checkpointing")))
-
-    def loss_fn(self, cfg, train, ctx):
-        name = self.loss_name(cfg)
-        if name == "ce":
-            return nn.CrossEntropyLoss()
-        if name == "bce":
-            return lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.view(-1), y.float())
-        return lambda logits, y: nn.functional.mse_loss(logits.view(-1), y.float())
-
-    def activate(self, cfg, logits):
-        name = self.loss_name(cfg)
-        if name == "ce":
-            return logits.float().softmax(-1)
-        out = logits.float().view(-1, 1)
-        return out.sigmoid() if name == "bce" else out
 
     def tta_views(self, cfg, batch):
         """Pair-swap TTA: (a, b) and (b, a), for pair texts (the dataset encodes both when tta is on)."""

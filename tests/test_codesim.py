@@ -1,5 +1,6 @@
 """Code similarity (DACON 235900): normalisation, pairs and folds by problem, BM25 hard negatives, the sampler,
-bad input, and both model kinds end to end on a few synthetic problems (the offline MiniLM, 1 epoch)."""
+bad input, both model kinds end to end on a few synthetic problems (the offline MiniLM, 1 epoch), and a short
+bi-encoder run on the real corpus that must have learned."""
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +8,14 @@ import pandas as pd
 import pytest
 import torch
 from rank_bm25 import BM25Okapi
+from sklearn.metrics import roc_auc_score
 
+from common.bm25 import word_tokens
 from common.errors import DataError
-from common.pairs import PairSampler, SpecialTokens, fair_budget, head_tail, word_tokens
-from common.pysource import Normalizer, decode_source, strip_python
+from common.pairs import PairSampler, SpecialTokens, fair_budget, head_tail
 from common.task import TARGET
 from competitions.codesim.demo import make_dataset
+from competitions.codesim.normalise import Normalizer, decode_source, strip_python
 from competitions.codesim.task import CodesimTask, load_corpus
 from tests.conftest import shared_data
 
@@ -266,6 +269,21 @@ def test_train_infer_submit_end_to_end(tiny_runs, demo_data, name, tmp_path, mon
     # the cut tuned on the OOF is the one submit used
     preds = pd.read_csv(run.test_preds_path)
     assert (sub["similar"].to_numpy() == (preds["pred"] >= run.threshold()).astype(int).to_numpy()).all()
+
+
+def test_bi_encoder_learns_on_the_real_corpus(tmp_path):
+    """A short run on the real corpus (fold 0 of 5, 64 training pairs) tells unseen problems' pairs apart: the tiny
+    runs above check the plumbing, this one that what comes out is a model (0.84 accuracy, AUC 0.87 when written)."""
+    from common import api
+    data = shared_data("code_similarity/atcoder_python_grouped")
+    cfg = TASK.config([f"data_dir={data}", f"runs_dir={tmp_path}", "run_name=learns", "experiment=bi", "folds=5",
+                       "train_folds=[0]", "epochs=1", "pairs_per_epoch=64", "batch_size=16", "max_len=64",
+                       "valid_positives=2"])
+    run = api.train(TASK, cfg)
+    oof = pd.read_csv(run.oof_path)
+    majority = max(oof["target"].mean(), 1 - oof["target"].mean())
+    accuracy = ((oof["pred"] >= run.threshold()) == oof["target"]).mean()
+    assert len(oof) >= 60 and accuracy > majority + 0.2 and roc_auc_score(oof["target"], oof["pred"]) > 0.75
 
 
 def test_pairs_score_the_same_both_ways_and_infer_takes_any_test_file(tiny_runs, demo_data, tmp_path):

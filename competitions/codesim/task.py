@@ -4,8 +4,8 @@ Raw layout: code/problemNNN/problemNNN_K.py (solutions grouped by problem), samp
 optional), test.csv (pair_id,code1,code2, source inline), sample_submission.csv (pair_id,similar).
 
 What is its own: reading code/ (and sample_train.csv) into programs grouped by problem, and the normalisation of
-Python source (common/pysource.py). Scored pairs, folds over problems, BM25 hard negatives, the per-epoch sampler
-and both encoders (cross, bi) are the pair-text family's (PairTextTask, common/pairs.py). The cut is tuned on the
+Python source (normalise.py). Scored pairs, folds over problems, BM25 hard negatives, the per-epoch sampler and
+both encoders (cross, bi) are the pair-text family's (PairTextTask, common/pairs.py). The cut is tuned on the
 OOF (threshold.json): accuracy counts labels.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 
 from common.errors import DataError
 from common.pairs import PAIR_DEFAULTS, PairTextTask
-from common.pysource import Normalizer, decode_source
 from common.task import read_frame
+from competitions.codesim.normalise import Normalizer, decode_source
 
 EXTRA = "sample_train"  # problem-name prefix of sample_train.csv texts that match no file in code/
 
@@ -34,7 +34,7 @@ class CodesimTask(PairTextTask):
     config_path = Path(__file__).with_name("config.yaml")
     config_defaults = {
         **PAIR_DEFAULTS,
-        # normalisation (competitions/codesim/README.md; common/pysource.py)
+        # normalisation (competitions/codesim/README.md; normalise.py)
         "strip_comments": True,      # comments removed with Python's tokenizer (a '#' inside a string stays)
         "strip_docstrings": True,    # statements that are only a string literal removed
         "drop_blank_lines": True,
