@@ -10,16 +10,10 @@ import pytest
 from common import cli, ensemble
 from common.errors import ConfigError, DataError
 from common.metrics import nmae
-from common.tabular import (
-    META_COLUMNS,
-    aggregate_meta,
-    leaf_mask,
-    meta_features,
-    read_meta,
-    save_overlay,
-)
 from common.vision import read_image
 from competitions.growth import demo
+from competitions.growth.leaf import leaf_mask, save_overlay
+from competitions.growth.sensors import META_COLUMNS, aggregate_meta, meta_features, read_meta
 from competitions.growth.task import GrowthTask
 from tests.conftest import shared_data
 
