@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from common import cli, ensemble
 from common.errors import ConfigError, DataError
@@ -19,6 +20,13 @@ from tests.conftest import shared_data
 
 TASK = GrowthTask()
 NET = ["image_size=32", "epochs=1", "batch_size=16", "tta=false", "folds=2", "mask_overlays=2"]
+
+
+def median_nmae(oof: pd.DataFrame) -> float:
+    """NMAE of predicting, for each fold, the median weight of the other folds: what a model that learned
+    nothing scores."""
+    pred = oof["fold"].map({f: oof.loc[oof["fold"] != f, "target"].median() for f in oof["fold"].unique()})
+    return nmae(oof["target"], pred)
 
 
 def one_day(src, dest, skip=0):
@@ -193,15 +201,19 @@ def test_komatsuna_gbm_and_submission_match_the_sample(workdir):
 
 
 def test_features_file_real_dacon_table(workdir):
+    """features_file= alone trains on the real table: it implies experiment=tabular (gbm, no leaf-pixel line)."""
     table = shared_data("growth") / "dacon235897_tabular"
-    base = [f"features_file={table}/train.csv", "experiment=tabular", "gbm_max_iter=30"]
     with pytest.raises(ConfigError, match="features_file= holds features only"):
         TASK.load_train(TASK.config([f"features_file={table}/train.csv", "model_kind=fusion"]))
-    cli.train(TASK, [*base, "run_name=t"])
+    cli.train(TASK, [f"features_file={table}/train.csv", "gbm_max_iter=30", "run_name=t"])
+    config = OmegaConf.load(workdir / "runs/growth/t/config.yaml")
+    assert config.experiment == "tabular" and config.model_kind == "gbm" and list(config.gbm_linear) == []
     oof = pd.read_csv(workdir / "runs/growth/t/oof.csv")
     labels = pd.read_csv(table / "train.csv")
     n_zero = int((labels["leaf_weight"] == 0).sum())
     assert n_zero > 0 and len(oof) == len(labels) - n_zero  # zero weights: trained on, not scored
+    metrics = pd.read_json(workdir / "runs/growth/t/metrics.json", typ="series")
+    assert metrics["cv"] < median_nmae(oof) / 5  # the other folds' median weight: about 19
     folds = pd.read_csv(workdir / "runs/growth/t/folds.csv").merge(labels[["file_name", "path"]],
                                                                   left_on="img_name", right_on="file_name")
     assert folds.groupby("path")["fold"].nunique().eq(1).all() and folds["fold"].nunique() == 5

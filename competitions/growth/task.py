@@ -71,6 +71,15 @@ class GrowthTask(TabularImageTask):
         "label_file": "label.csv",  # img_name,leaf_weight inside a case folder
     }
 
+    # ---- config ------------------------------------------------------------------------------------------
+    def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
+        """A features table implies experiment=tabular (gbm on the table's columns, no leaf-pixel line, which
+        config.yaml's photos need): features_file= alone trains. An experiment named anywhere wins."""
+        cfg = super().config(overrides, config_path)
+        if cfg.features_file and not cfg.experiment:
+            cfg = super().config([*(overrides or []), "experiment=tabular"], config_path)
+        return cfg
+
     # ---- reading the layout ----------------------------------------------------------------------------
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
         if cfg.features_file:
