@@ -52,7 +52,7 @@ def houses(workdir):
     truth = make_houses(workdir / "data")
     config = workdir / "houses.yaml"
     config.write_text(f"features_file: {workdir}/data/train.csv\nfeatures_id: id\nfeatures_target: sale_price\n"
-                      "features_case: street\nmodel_kind: gbm\nfolds: 4\ngbm_max_iter: 100\n")
+                      "features_case: street\nmodel_kind: gbm\nfolds: 4\ngbm_max_iter: 50\n")
     return HouseTask(config), truth
 
 
@@ -77,7 +77,7 @@ def test_a_plain_table_trains_predicts_submits_and_blends(houses, workdir):
     assert sub.set_index("id")["sale_price"].to_numpy() == pytest.approx(
         preds.set_index("house")["pred"].loc[sample["id"]].to_numpy())
 
-    other = api.train(task, task.config(["run_name=b", "gbm_max_iter=30", "gbm_loss=absolute_error"]))
+    other = api.train(task, task.config(["run_name=b", "gbm_max_iter=20", "gbm_loss=absolute_error"]))
     blend = api.ensemble(task, ["a", "b"], name="blend")
     assert blend.metrics()["cv"] >= min(metrics["cv"], other.metrics()["cv"])
     blended = pd.read_csv(api.submit(task, blend, out=workdir / "blend.csv"))
