@@ -1,17 +1,17 @@
-"""The tabular family: feature tables next to (or instead of) images, for tasks scored on a number per row.
+"""The tabular family: a row of numeric features per example, next to (or instead of) an image, for tasks scored
+on a number per row. Any competition can use it; what its features are is the competition's own.
 
-    meta CSVs        one per-minute sensor log (Korean or English headers) -> one row of daily aggregates
-                     (means, minima, maxima, sums of light and spray, hours of light, missing share), cached
-    leaf pixels      a colour mask of the plant (excess green or HSV thresholds) -> pixel count, area share,
-                     colour statistics; `save_overlay` draws the mask over the photo for a person to check
-    feature files    a prepared table (`features_file=`) standing in for images + meta
+    features         columns prefixed f_ in the frames load_train / load_test return: the competition computes
+                     them, or a prepared table (`features_file=`, configurable id / target / group columns)
+                     stands in for its raw files (read_feature_table)
+    feature cache    feature rows keyed by their source file and settings, each file computed once (FeatureCache)
     per-fold scaler  median imputation + standardisation fitted on the fold's training rows (fit_fold), saved
                      in the fold folder, reloaded wherever the fold predicts (load_fold)
     models           `model_kind`: cnn (timm backbone on the image), gbm (scikit-learn's
-                     HistGradientBoostingRegressor on the features, the engine's non-network path) or fusion
-                     (timm backbone + a small MLP on the scaled features, one head)
+                     HistGradientBoostingRegressor on the features, the engine's non-network path; optionally on
+                     top of a line, LinearThenTrees) or fusion (timm backbone + a small MLP on the scaled features)
 
-Regression targets that span orders of magnitude (grams, pixels) are learned as log(1 + y) (`target_transform`):
+Regression targets that span orders of magnitude (weights, areas, prices) are learned as log(1 + y) (`target_transform`):
 networks regress log1p(y) and `activate` returns expm1 of the output; the estimator is wrapped in scikit-learn's
 TransformedTargetRegressor. Out-of-fold predictions and scores are therefore in the target's own units.
 """
@@ -24,19 +24,19 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import cv2
 import joblib
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sklearn.base import BaseEstimator, RegressorMixin
 from torch import nn
 
 from common.errors import ConfigError, DataError
 from common.io import atomic_path, read_csv
+from common.losses import get_loss
 from common.task import TARGET, FoldContext
-from common.vision import IMAGE_DEFAULTS, ImageTask, read_image
+from common.vision import IMAGE_DEFAULTS, ImageTask
 
 FEATURE_PREFIX = "f_"      # feature columns carried in the frames the engine hands to the hooks
 FEATURE_VERSION = 1        # bump when a feature's definition changes: old cache entries are then ignored
@@ -47,18 +47,11 @@ TABULAR_DEFAULTS = {
     "target_transform": "log1p",  # log1p: learn log(1 + y) | log: log(y + target_offset) | none; scored in y's units
     "target_offset": 0.01,        # target_transform=log: keeps y = 0 finite; small, so tiny weights stay apart
     "loss": "l1",                 # network loss on the transformed target: l1 | mse | huber (l1 on log1p ~ relative)
-    "features_file": None,        # a prepared feature table (CSV) standing in for images + meta (gbm only)
-    "features_id": "file_name",   # its id column (becomes the task's id column)
-    "features_target": "leaf_weight",  # its target column (absent in a test table)
-    "features_case": "path",      # its case (group) column; null -> the id's prefix before the last '_'
-    "feature_cache": None,        # folder for cached meta / leaf-pixel rows; null -> <runs_dir>/.cache/<competition>
-    "leaf_features": True,        # add leaf-pixel features (mask from colour) for gbm / fusion
-    "mask_method": "exg",         # exg: 2G - R - B > mask_threshold (0-255 scale) | hsv: inside hsv_lower..hsv_upper
-    "mask_threshold": 20,         # excess-green cut; 20 fits the komatsuna hand masks best (README)
-    "hsv_lower": [30, 60, 30],    # OpenCV HSV (H 0-179): green hues, some saturation, not black
-    "hsv_upper": [90, 255, 255],
-    "mask_open": 0,               # morphological opening kernel (px) to remove specks; 0 -> off
-    "mask_overlays": 8,           # after training: overlays of the N worst OOF rows in plots/leaf_masks/; 0 -> off
+    "features_file": None,        # a prepared feature table (CSV) standing in for the raw files (gbm only)
+    "features_id": None,          # its id column (becomes the task's id column); null -> the task's id column
+    "features_target": None,      # its target column (absent in a test table); null -> the task's target column
+    "features_case": None,        # its group column (the folds' `case`); null or absent -> the task's case_of(ids)
+    "feature_cache": None,        # folder for cached feature rows; null -> <runs_dir>/.cache/<competition>
     "mlp_hidden": 64,             # fusion: hidden width of the feature MLP
     "mlp_dropout": 0.1,           # fusion: dropout in the feature MLP
     "gbm_max_iter": 300,          # HistGradientBoostingRegressor: boosting rounds
@@ -68,201 +61,10 @@ TABULAR_DEFAULTS = {
     "gbm_l2": 0.0,                # l2_regularization
     "gbm_loss": "squared_error",  # on the transformed target: squared_error | absolute_error (median: nearer NMAE)
     "gbm_linear": [],             # columns x of a line in log(1 + x) (on the transformed target) the trees then correct;
-                                  # [] -> trees alone. Trees cannot extrapolate; a line in log pixel count can.
+                                  # [] -> trees alone. Trees cannot extrapolate; a line can.
 }
 
 MODEL_KINDS = ("cnn", "gbm", "fusion")
-
-
-# ---- meta CSVs: per-minute sensor log -> one row -------------------------------------------------------------
-# canonical name: (Korean header of the KIST logs, English aliases). The 2208 and 235897 logs share the headers.
-META_COLUMNS = {
-    "time": ("시간", ("time", "timestamp", "datetime")),
-    "temp_in": ("내부온도관측치", ("inner_temperature", "internal_temperature", "temperature")),
-    "humid_in": ("내부습도관측치", ("inner_humidity", "internal_humidity", "humidity")),
-    "co2": ("CO2관측치", ("co2_ppm",)),
-    "ec": ("EC관측치", ("ec_ds_m",)),
-    "temp_out": ("외부온도관측치", ("outer_temperature", "external_temperature")),
-    "humid_out": ("외부습도관측치", ("outer_humidity", "external_humidity")),
-    "spray": ("최근분무량", ("recent_spray", "spray_volume")),
-    "spray_day": ("일간누적분무량", ("daily_spray", "cumulative_spray")),
-    "led_white": ("화이트 LED동작강도", ("white_led_intensity",)),
-    "led_red": ("레드 LED동작강도", ("red_led_intensity",)),
-    "led_blue": ("블루 LED동작강도", ("blue_led_intensity",)),
-    "heat_load": ("난방부하", ("heating_load",)),
-    "cool_load": ("냉방부하", ("cooling_load",)),
-    "light_total": ("총추정광량", ("total_light", "light")),
-    "light_white": ("백색광추정광량", ("white_light",)),
-    "light_red": ("적색광추정광량", ("red_light",)),
-    "light_blue": ("청색광추정광량", ("blue_light",)),
-}
-# What each sensor contributes to the day's row.
-META_AGGREGATES = {
-    "temp_in": ("mean", "min", "max"), "humid_in": ("mean", "min", "max"), "co2": ("mean", "min", "max"),
-    "ec": ("mean", "max"), "temp_out": ("mean", "min", "max"), "humid_out": ("mean",),
-    "spray": ("sum",), "spray_day": ("max",),
-    "led_white": ("mean",), "led_red": ("mean",), "led_blue": ("mean",),
-    "heat_load": ("mean",), "cool_load": ("mean",),
-    "light_total": ("sum",), "light_white": ("sum",), "light_red": ("sum",), "light_blue": ("sum",),
-}
-META_FEATURES = [f"{c}_{a}" for c, aggs in META_AGGREGATES.items() for a in aggs] + \
-    ["light_hours", "meta_rows", "meta_columns", "meta_missing_share", "meta_missing"]
-
-
-def _alias_map() -> dict[str, str]:
-    out = {}
-    for name, (korean, english) in META_COLUMNS.items():
-        for alias in (korean, name, *english):
-            out[_norm(alias)] = name
-    return out
-
-
-def _norm(column: str) -> str:
-    return "".join(str(column).lower().split()).replace("_", "").replace("-", "")
-
-
-ALIASES = _alias_map()
-
-
-def read_meta(path: str | Path) -> pd.DataFrame:
-    """A meta CSV with canonical column names (unknown columns dropped, values numeric, bad cells NaN).
-    UTF-8 first, then cp949 (Korean Windows exports). An empty file gives an empty frame."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        return pd.DataFrame()
-    for encoding in ("utf-8-sig", "cp949"):
-        try:
-            raw = pd.read_csv(path, encoding=encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
-        except pd.errors.ParserError as e:
-            raise DataError(f"{path}: not a readable meta CSV ({e})") from None
-    else:
-        raise DataError(f"{path}: neither UTF-8 nor cp949 text")
-    keep = {c: ALIASES[_norm(c)] for c in raw.columns if _norm(c) in ALIASES}
-    df = raw[list(keep)].rename(columns=keep)
-    df = df.loc[:, ~df.columns.duplicated()]
-    for c in df.columns:
-        if c != "time":
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df
-
-
-def aggregate_meta(df: pd.DataFrame) -> dict:
-    """One day's log -> one feature row (META_FEATURES). A column the log lacks gives NaN for its features;
-    `meta_columns` counts the sensor columns it has, `meta_missing_share` is the share of NaN cells among them."""
-    out = {f: np.nan for f in META_FEATURES}
-    out["meta_rows"] = len(df)
-    sensors = list(META_AGGREGATES)
-    if df.empty:
-        out.update(meta_missing_share=1.0, meta_missing=1.0, meta_rows=0, meta_columns=0)
-        return out
-    for column, aggs in META_AGGREGATES.items():
-        if column not in df:
-            continue
-        values = df[column]
-        for a in aggs:
-            # A sum over an all-NaN column is unknown, not 0.
-            out[f"{column}_{a}"] = float(getattr(values, a)()) if values.notna().any() else np.nan
-    present = [c for c in sensors if c in df]
-    out["meta_columns"] = len(present)
-    out["meta_missing_share"] = float(df[present].isna().to_numpy().mean()) if present else 1.0
-    out["meta_missing"] = 0.0
-    if "light_total" in df and df["light_total"].notna().any():
-        out["light_hours"] = float((df["light_total"] > 0).sum() * _minutes_per_row(df) / 60)
-    return out
-
-
-def _minutes_per_row(df: pd.DataFrame) -> float:
-    """The log's sampling interval (median step of the time column), 1 minute when it cannot be read."""
-    if "time" in df:
-        t = pd.to_datetime(df["time"], errors="coerce").dropna()
-        if len(t) > 1:
-            step = t.diff().dropna().median().total_seconds() / 60
-            if step > 0:
-                return float(step)
-    return 1.0
-
-
-def meta_features(path: str | Path | None) -> dict:
-    """The feature row of one meta file; a missing file (None or absent) gives the all-NaN row with meta_missing=1."""
-    if path is None or not Path(path).is_file():
-        return aggregate_meta(pd.DataFrame())
-    return aggregate_meta(read_meta(path))
-
-
-# ---- leaf pixels ---------------------------------------------------------------------------------------------
-def leaf_mask(image: np.ndarray, method: str = "exg", threshold: float = 20, hsv_lower=(30, 60, 30),
-              hsv_upper=(90, 255, 255), open_px: int = 0) -> np.ndarray:
-    """Boolean plant mask of an RGB uint8 image. exg: excess green 2G - R - B above `threshold` (0-255 scale);
-    hsv: OpenCV HSV inside [hsv_lower, hsv_upper]. open_px > 0 removes specks smaller than the kernel."""
-    if method == "exg":
-        rgb = image.astype(np.int16)
-        mask = (2 * rgb[..., 1] - rgb[..., 0] - rgb[..., 2]) > threshold
-    elif method == "hsv":
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-        mask = cv2.inRange(hsv, np.array(hsv_lower, np.uint8), np.array(hsv_upper, np.uint8)) > 0
-    else:
-        raise ConfigError(f"mask_method must be exg or hsv, got {method!r}")
-    if open_px:
-        kernel = np.ones((int(open_px), int(open_px)), np.uint8)
-        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
-    return mask
-
-
-LEAF_FEATURES = ["leaf_px", "leaf_px_log", "leaf_share", "leaf_px_loose", "leaf_px_strict", "leaf_hull_px",
-                 "leaf_r", "leaf_g", "leaf_b", "leaf_h", "leaf_s", "leaf_v", "leaf_exg", "leaf_exg_std", "image_px"]
-
-
-def leaf_features(image: np.ndarray, mask: np.ndarray, threshold: float = 20) -> dict:
-    """Pixel count, area share, convex-hull area and colour statistics of the plant pixels. leaf_px_loose /
-    _strict count excess green at threshold -/+ 10: how sharp the plant's edge is."""
-    n = int(mask.sum())
-    rgb = image.astype(np.int16)
-    exg = 2 * rgb[..., 1] - rgb[..., 0] - rgb[..., 2]
-    out = {"leaf_px": float(n), "leaf_px_log": float(np.log1p(n)), "leaf_share": n / mask.size,
-           "leaf_px_loose": float((exg > threshold - 10).sum()), "leaf_px_strict": float((exg > threshold + 10).sum()),
-           "image_px": float(mask.size), "leaf_hull_px": 0.0}
-    if n:
-        points = cv2.findNonZero(mask.astype(np.uint8))
-        out["leaf_hull_px"] = float(cv2.contourArea(cv2.convexHull(points)))
-        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[mask].mean(axis=0)
-        r, g, b = image[mask].mean(axis=0)
-        out.update(leaf_r=r, leaf_g=g, leaf_b=b, leaf_h=hsv[0], leaf_s=hsv[1], leaf_v=hsv[2],
-                   leaf_exg=float(exg[mask].mean()), leaf_exg_std=float(exg[mask].std()))
-    else:
-        out.update({k: np.nan for k in ("leaf_r", "leaf_g", "leaf_b", "leaf_h", "leaf_s", "leaf_v", "leaf_exg",
-                                        "leaf_exg_std")})
-    return {k: float(v) for k, v in out.items()}
-
-
-def mask_args(cfg: DictConfig) -> dict:
-    return {"method": cfg.mask_method, "threshold": cfg.mask_threshold, "hsv_lower": tuple(cfg.hsv_lower),
-            "hsv_upper": tuple(cfg.hsv_upper), "open_px": cfg.mask_open}
-
-
-def image_leaf_features(path: str | Path, cfg: DictConfig) -> dict:
-    image = read_image(path)
-    return leaf_features(image, leaf_mask(image, **mask_args(cfg)), cfg.mask_threshold)
-
-
-def save_overlay(image: np.ndarray, mask: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """The photo beside the photo with the mask tinted magenta and outlined: does the mask cover the plant?"""
-    tinted = image.copy()
-    tinted[mask] = (0.5 * tinted[mask] + 0.5 * np.array([255, 0, 255])).astype(np.uint8)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(tinted, contours, -1, (255, 255, 0), 1)
-    sheet = np.concatenate([image, np.full((image.shape[0], 4, 3), 255, np.uint8), tinted], axis=1)
-    if title:
-        sheet = np.concatenate([np.full((18, sheet.shape[1], 3), 255, np.uint8), sheet], axis=0)
-        cv2.putText(sheet, title, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    with atomic_path(path) as tmp:
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-        Path(tmp).write_bytes(buf.tobytes())
-    return Path(path)
 
 
 # ---- cache ---------------------------------------------------------------------------------------------------
@@ -299,31 +101,34 @@ def feature_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if str(c).startswith(FEATURE_PREFIX)]
 
 
-def read_feature_table(cfg: DictConfig, path: str | Path, id_column: str, target_column: str,
-                       labelled: bool) -> pd.DataFrame:
+def read_feature_table(cfg: DictConfig, path: str | Path, id_column: str, target_column: str, labelled: bool,
+                       case_of=None) -> pd.DataFrame:
     """A prepared feature table -> a frame with the task's id (and target) column, `case`, and the table's numeric
-    columns as features (prefixed f_). Text columns other than id / case / target are left out."""
+    columns as features (prefixed f_). Text columns other than id / case / target are left out. The table's own
+    column names: features_id, features_target, features_case (null: the task's id / target column). Without a
+    case column, case_of(ids) gives each row's group (default: each row its own)."""
     path = Path(path)
     df = read_csv(path)
-    need = [cfg.features_id] + ([cfg.features_target] if labelled else [])
+    table_id, table_target = cfg.features_id or id_column, cfg.features_target or target_column
+    need = [table_id] + ([table_target] if labelled else [])
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))} (features_id / features_target); "
                         f"found {', '.join(map(repr, df.columns))}")
-    ids = df[cfg.features_id].astype(str)
+    ids = df[table_id].astype(str)
     dup = ids.duplicated()
     if dup.any():
-        raise DataError(f"{path}: id {ids[dup].iloc[0]!r} in column {cfg.features_id!r} appears twice "
+        raise DataError(f"{path}: id {ids[dup].iloc[0]!r} in column {table_id!r} appears twice "
                         f"(data row {int(dup.to_numpy().argmax()) + 1})")
     if cfg.features_case and cfg.features_case in df.columns:
         case = df[cfg.features_case].astype(str)
     else:
-        case = ids.str.rsplit("_", n=1).str[0]
-    skip = {cfg.features_id, cfg.features_target, cfg.features_case}
+        case = case_of(ids) if case_of else ids
+    skip = {table_id, table_target, cfg.features_case}
     numeric = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
     out = pd.DataFrame({id_column: ids, "case": case})
     if labelled:
-        out[target_column] = df[cfg.features_target]
+        out[target_column] = df[table_target]
     for c in numeric:
         out[FEATURE_PREFIX + str(c)] = df[c].astype(float)
     if not numeric:
@@ -340,7 +145,7 @@ class FeatureScaler:
 
     def fit(self, df: pd.DataFrame) -> "FeatureScaler":
         x = df[self.columns].to_numpy(dtype=float)
-        with warnings.catch_warnings():  # an all-NaN column (a sensor no log has) is filled with 0
+        with warnings.catch_warnings():  # an all-NaN column (no value in the fold) is filled with 0
             warnings.simplefilter("ignore", RuntimeWarning)
             self.median = np.nan_to_num(np.nanmedian(x, axis=0)) if len(x) else np.zeros(len(self.columns))
         filled = np.where(np.isnan(x), self.median, x)
@@ -390,7 +195,7 @@ def inverse_target(cfg: DictConfig, z):
 # ---- models --------------------------------------------------------------------------------------------------
 class FusionHead(nn.Module):
     """MLP on the scaled features, concatenated with the image embedding and the scaled features themselves (a
-    linear path: log pixel count -> log weight is learnt at once), then one linear output."""
+    linear path: a feature linear in the transformed target is learnt at once), then one linear output."""
 
     def __init__(self, image_dim: int, n_features: int, n_outputs: int, hidden: int, dropout: float,
                  head_dropout: float):
@@ -431,7 +236,7 @@ class FeatureDataset(torch.utils.data.Dataset):
 
 
 class LinearThenTrees(RegressorMixin, BaseEstimator):
-    """scikit-learn regressor: a least-squares line on log(1 + x) of the `linear` columns (pixel counts), then gradient-boosted trees on all
+    """scikit-learn regressor: a least-squares line on log(1 + x) of the `linear` columns (sizes, counts), then gradient-boosted trees on all
     columns fitted to its residuals. Trees alone cannot predict beyond the training range; the line can."""
 
     def __init__(self, trees=None, linear: tuple = ()):
@@ -485,12 +290,43 @@ def _plain(cfg: DictConfig) -> "TargetSettings":
 
 # ---- the family -----------------------------------------------------------------------------------------------
 class TabularImageTask(ImageTask):
-    """A regression task with an image and a feature row per example. The competition implements load_train /
-    load_test returning frames with its id, target, `case` (or its own fold grouping), `image_column` (when there
-    are images) and feature columns prefixed f_ (`attach_features` computes them); everything model-side is here."""
+    """A regression task with a feature row (and, for cnn / fusion, an image) per example. load_train / load_test
+    return frames with the id, target, `case` (or the competition's own fold grouping), `image_column` (when there
+    are images) and feature columns prefixed f_. The defaults here read a prepared table (features_file=); a
+    competition with raw files of its own overrides them. Everything model-side is here."""
 
     image_column = "image_path"
     config_defaults = TABULAR_DEFAULTS
+
+    # ---- a prepared features table ---------------------------------------------------------------------------
+    def load_train(self, cfg: DictConfig) -> pd.DataFrame:
+        self.check_kind(cfg)
+        if not cfg.features_file:
+            raise ConfigError(f"{self.name}: set features_file= (a CSV of {self.id_column}, {self.target_column} "
+                              f"and numeric feature columns)")
+        return read_feature_table(cfg, cfg.features_file, self.id_column, self.target_column, labelled=True,
+                                  case_of=self.case_of)
+
+    def load_test(self, cfg: DictConfig, path: Path) -> pd.DataFrame:
+        """A table in the features file's format (without the target)."""
+        self.check_kind(cfg)
+        return read_feature_table(cfg, path, self.id_column, self.target_column, labelled=False, case_of=self.case_of)
+
+    def case_of(self, ids: pd.Series) -> pd.Series:
+        """Each row's group in a table without a features_case column: each row its own."""
+        return ids
+
+    def test_path(self, cfg: DictConfig) -> Path:
+        """test_file=, else the features file's sibling test.csv."""
+        if cfg.test_file or not cfg.features_file:
+            return super().test_path(cfg)
+        return Path(cfg.features_file).with_name("test.csv")
+
+    def sample_submission_path(self, cfg: DictConfig) -> Path:
+        """data_dir's sample submission, else the one beside the features file."""
+        if cfg.features_file and not (self.data_dir(cfg) / self.sample_submission).is_file():
+            return Path(cfg.features_file).with_name(self.sample_submission)
+        return super().sample_submission_path(cfg)
 
     # ---- checks --------------------------------------------------------------------------------------------
     def check_kind(self, cfg: DictConfig) -> str:
@@ -510,7 +346,7 @@ class TabularImageTask(ImageTask):
     def fit_fold(self, cfg, train, fold_dir):
         """The fold's feature columns, scaler (fusion) and the centre of its transformed target (network head bias),
         saved in fold_dir."""
-        # Columns without a single value in the fold's training rows (a sensor no log has) carry nothing.
+        # Columns without a single value in the fold's training rows carry nothing.
         columns = [c for c in feature_columns(train) if train[c].notna().any()] if self.needs_features(cfg) else []
         state = {"columns": columns,
                  "target_centre": float(np.median(forward_target(cfg, train[TARGET].to_numpy(dtype=float))))}
@@ -519,7 +355,7 @@ class TabularImageTask(ImageTask):
             Path(tmp).write_text(json.dumps(state, indent=2))
         if cfg.model_kind == "fusion":
             if not state["columns"]:
-                raise DataError("model_kind=fusion needs feature columns (leaf_features=true or meta files)")
+                raise DataError("model_kind=fusion needs feature columns (columns prefixed f_ with values)")
             scaler = FeatureScaler(state["columns"]).fit(train)
             with atomic_path(Path(fold_dir) / "scaler.joblib") as tmp:
                 joblib.dump(scaler, tmp)
@@ -559,12 +395,9 @@ class TabularImageTask(ImageTask):
         return model
 
     def loss_fn(self, cfg, train, ctx):
-        losses = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss,
-                  "huber": lambda a, b: nn.functional.smooth_l1_loss(a, b, beta=0.1)}
-        if cfg.loss not in losses:
-            raise ConfigError(f"loss must be one of {', '.join(losses)}, got {cfg.loss!r}")
-        loss = losses[cfg.loss]
-        return lambda logits, y: loss(logits.float().view(-1), forward_target(cfg, y.float()))
+        """The registry's regression loss (common/losses.py), on the transformed target."""
+        loss = get_loss(self.loss_name(cfg), "regression")
+        return lambda logits, y: loss(logits, forward_target(cfg, y.float()))
 
     def activate(self, cfg, logits):
         return inverse_target(cfg, logits.float().view(-1, 1))
@@ -580,71 +413,3 @@ class TabularImageTask(ImageTask):
             raise DataError(f"the rows to predict lack feature column(s) the fold was trained on: "
                             f"{', '.join(c[len(FEATURE_PREFIX):] for c in missing[:5])}")
         return df[columns].astype(float)
-
-    # ---- features ------------------------------------------------------------------------------------------
-    def attach_features(self, cfg: DictConfig, df: pd.DataFrame, meta_column: str | None) -> pd.DataFrame:
-        """Add f_ columns: the aggregates of each row's meta file (when `meta_column` names one) and its
-        leaf-pixel features (leaf_features=true), each file computed once (FeatureCache)."""
-        if not self.needs_features(cfg):
-            return df
-        cache = feature_cache(cfg, self.name)
-        blocks = []
-        if meta_column is not None:
-            paths = [p if isinstance(p, (str, Path)) else None for p in df[meta_column]]  # NaN: no meta file
-            blocks.append(pd.DataFrame([cache.get("meta", p, {}, meta_features) for p in paths],
-                                       index=df.index, columns=META_FEATURES))
-        if cfg.leaf_features:
-            settings = OmegaConf.to_container(OmegaConf.create(mask_args(cfg)))
-            rows = [cache.get("leaf", p, settings, lambda q: image_leaf_features(q, cfg)) for p in
-                    _progress(df[self.image_column], "leaf-pixel features")]
-            blocks.append(pd.DataFrame(rows, index=df.index, columns=LEAF_FEATURES))
-        if not blocks:
-            raise ConfigError(f"model_kind={cfg.model_kind} needs features: no meta files and leaf_features=false")
-        feats = pd.concat(blocks, axis=1).add_prefix(FEATURE_PREFIX)
-        return pd.concat([df, feats], axis=1)
-
-    def plots(self, cfg, oof, classes, plots_dir):
-        super().plots(cfg, oof, classes, plots_dir)
-        if not cfg.mask_overlays or cfg.features_file:
-            return
-        # The worst out-of-fold rows, each photo beside its leaf mask: was the mask or the model wrong?
-        train = self.load_train(cfg)
-        paths = dict(zip(train[self.id_column].astype(str), train[self.image_column]))
-        err = (oof["pred"] - oof["target"]).abs() / oof["target"].abs().clip(lower=1e-9)
-        for _, row in oof.assign(err=err).nlargest(int(cfg.mask_overlays), "err").iterrows():
-            image = read_image(paths[str(row[self.id_column])])
-            save_overlay(image, leaf_mask(image, **mask_args(cfg)),
-                         Path(plots_dir) / "leaf_masks" / f"{Path(str(row[self.id_column])).stem}.png",
-                         f"y {row['target']:.0f} p {row['pred']:.0f}")
-
-
-def _progress(items, desc: str):
-    from tqdm.auto import tqdm
-    return tqdm(list(items), desc=desc, leave=False, disable=len(items) < 200)
-
-
-def check_images(cfg: DictConfig, df: pd.DataFrame, column: str, csv_path: Path, counts: dict) -> pd.DataFrame:
-    """Every row's image must exist and decode: a DataError naming the CSV row and file, or with bad_images=skip
-    the rows are dropped and counted."""
-    bad = []
-    for i, p in enumerate(df[column]):
-        if not Path(p).is_file():
-            bad.append((i, p, "missing on disk"))
-        elif cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            bad.append((i, p, "unreadable"))
-    if not bad:
-        return df
-    i, p, why = bad[0]
-    message = f"{csv_path}: {len(bad)} image(s) missing or unreadable, the first {p} ({why}, data row {i + 1})"
-    if cfg.bad_images != "skip":
-        raise DataError(message + "; fix the file or set bad_images=skip")
-    key = "row(s) with a missing or unreadable image, skipped (bad_images=skip)"
-    counts[key] = counts.get(key, 0) + len(bad)
-    return df.drop(index=df.index[[b[0] for b in bad]]).reset_index(drop=True)
-
-
-def warn_counts(counts: dict, where: str) -> None:
-    """One warning listing the documented, counted skips and fills (meta without image, image without meta, ...)."""
-    said = {k: v for k, v in counts.items() if v}
-    if said:
-        warnings.warn(f"{where}: " + "; ".join(f"{v} {k}" for k, v in said.items()), stacklevel=3)

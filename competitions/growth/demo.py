@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from common import demo
-from common.tabular import META_COLUMNS
+from competitions.growth.sensors import META_COLUMNS
 from competitions.growth.task import GrowthTask
 
 SIZE = 96

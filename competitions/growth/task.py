@@ -19,24 +19,38 @@ Weights of 0 g (8 in the real labels) are trained on and left out of the NMAE (u
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import cv2
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.folds import FoldSpec
 from common.io import read_csv
-from common.tabular import (
-    TABULAR_DEFAULTS,
-    TabularImageTask,
-    check_images,
-    read_feature_table,
-    warn_counts,
-)
+from common.tabular import FEATURE_PREFIX, TABULAR_DEFAULTS, TabularImageTask, feature_cache
 from common.task import TARGET
+from competitions.growth.leaf import LEAF_DEFAULTS, LEAF_FEATURES, image_leaf_features, mask_args, save_worst_overlays
+from competitions.growth.sensors import META_FEATURES, meta_features
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def growth_defaults() -> dict:
+    """The tabular family's keys with growth's defaults (the DACON table's column names) and its leaf-pixel keys,
+    placed where they stood when they were the family's, so a run's config.yaml reads as before."""
+    out = {}
+    for key, value in TABULAR_DEFAULTS.items():
+        out[key] = value
+        if key == "feature_cache":
+            out.update(LEAF_DEFAULTS)
+    out.update({
+        "features_id": "file_name",      # the DACON 235897 table's id column
+        "features_target": "leaf_weight",
+        "features_case": "path",         # its case column; null or absent -> the id's prefix before the last '_'
+    })
+    return out
 
 
 class GrowthTask(TabularImageTask):
@@ -49,7 +63,7 @@ class GrowthTask(TabularImageTask):
     test_file = "test"             # a folder (image/ + meta/); test_file= may also name a CSV of img_name
     config_path = Path(__file__).with_name("config.yaml")
     config_defaults = {
-        **TABULAR_DEFAULTS,
+        **growth_defaults(),
         "train_dir": "train",       # folder of the CASExx folders under data_dir
         "test_dir": "test",         # test folder under data_dir (image/, meta/)
         "image_subdir": "image",    # photos inside a case (or test) folder
@@ -57,12 +71,20 @@ class GrowthTask(TabularImageTask):
         "label_file": "label.csv",  # img_name,leaf_weight inside a case folder
     }
 
+    # ---- config ------------------------------------------------------------------------------------------
+    def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
+        """A features table implies experiment=tabular (gbm on the table's columns, no leaf-pixel line, which
+        config.yaml's photos need): features_file= alone trains. An experiment named anywhere wins."""
+        cfg = super().config(overrides, config_path)
+        if cfg.features_file and not cfg.experiment:
+            cfg = super().config([*(overrides or []), "experiment=tabular"], config_path)
+        return cfg
+
     # ---- reading the layout ----------------------------------------------------------------------------
     def load_train(self, cfg: DictConfig) -> pd.DataFrame:
-        self.check_kind(cfg)
         if cfg.features_file:
-            df = read_feature_table(cfg, cfg.features_file, self.id_column, self.target_column, labelled=True)
-            return check_weights(df, self.target_column, Path(cfg.features_file))
+            return check_weights(super().load_train(cfg), self.target_column, Path(cfg.features_file))
+        self.check_kind(cfg)
         root = self.data_dir(cfg) / cfg.train_dir
         cases = sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []
         if not cases:
@@ -114,10 +136,10 @@ class GrowthTask(TabularImageTask):
         return df
 
     def load_test(self, cfg: DictConfig, path: Path) -> pd.DataFrame:
+        if cfg.features_file:  # a table in the features file's format
+            return super().load_test(cfg, path)
         self.check_kind(cfg)
         path = Path(path)
-        if cfg.features_file:  # a table in the features file's format
-            return read_feature_table(cfg, path, self.id_column, self.target_column, labelled=False)
         counts: dict = {}
         if path.is_dir():  # the test layout: image/ (+ meta/)
             images = files_by_stem(path / cfg.image_subdir, IMAGE_SUFFIXES)
@@ -138,16 +160,43 @@ class GrowthTask(TabularImageTask):
         return self.attach_features(cfg, df, "meta_path" if df["meta_path"].notna().any() else None)
 
     def test_path(self, cfg: DictConfig) -> Path:
-        if cfg.test_file:
-            return Path(cfg.test_file)
-        if cfg.features_file:
-            return Path(cfg.features_file).with_name("test.csv")
+        if cfg.test_file or cfg.features_file:
+            return super().test_path(cfg)
         return self.data_dir(cfg) / cfg.test_dir
 
-    def sample_submission_path(self, cfg: DictConfig) -> Path:
-        if cfg.features_file and not (self.data_dir(cfg) / self.sample_submission).is_file():
-            return Path(cfg.features_file).with_name(self.sample_submission)
-        return super().sample_submission_path(cfg)
+    def case_of(self, ids: pd.Series) -> pd.Series:
+        """A features table without a case column: the id before its last '_' (CASE01_07 -> CASE01)."""
+        return ids.str.rsplit("_", n=1).str[0]
+
+    # ---- features ------------------------------------------------------------------------------------------
+    def attach_features(self, cfg: DictConfig, df: pd.DataFrame, meta_column: str | None) -> pd.DataFrame:
+        """Add f_ columns: the aggregates of each row's meta file (when `meta_column` names one) and its
+        leaf-pixel features (leaf_features=true), each file computed once (FeatureCache)."""
+        if not self.needs_features(cfg):
+            return df
+        cache = feature_cache(cfg, self.name)
+        blocks = []
+        if meta_column is not None:
+            paths = [p if isinstance(p, (str, Path)) else None for p in df[meta_column]]  # NaN: no meta file
+            blocks.append(pd.DataFrame([cache.get("meta", p, {}, meta_features) for p in paths],
+                                       index=df.index, columns=META_FEATURES))
+        if cfg.leaf_features:
+            settings = OmegaConf.to_container(OmegaConf.create(mask_args(cfg)))
+            rows = [cache.get("leaf", p, settings, lambda q: image_leaf_features(q, cfg)) for p in
+                    _progress(df[self.image_column], "leaf-pixel features")]
+            blocks.append(pd.DataFrame(rows, index=df.index, columns=LEAF_FEATURES))
+        if not blocks:
+            raise ConfigError(f"model_kind={cfg.model_kind} needs features: no meta files and leaf_features=false")
+        feats = pd.concat(blocks, axis=1).add_prefix(FEATURE_PREFIX)
+        return pd.concat([df, feats], axis=1)
+
+    def plots(self, cfg, oof, classes, plots_dir):
+        super().plots(cfg, oof, classes, plots_dir)
+        if not cfg.mask_overlays or cfg.features_file:
+            return
+        train = self.load_train(cfg)
+        paths = dict(zip(train[self.id_column].astype(str), train[self.image_column]))
+        save_worst_overlays(cfg, oof, paths, self.id_column, plots_dir)
 
     # ---- scoring -------------------------------------------------------------------------------------
     def valid_frame(self, cfg: DictConfig, valid: pd.DataFrame) -> pd.DataFrame:
@@ -178,3 +227,35 @@ def check_weights(df: pd.DataFrame, column: str, path: Path) -> pd.DataFrame:
                         f"the first at data row {row + 1}: {str(df[column].iloc[row])!r}")
     df[column] = values.astype(float)
     return df
+
+
+def _progress(items, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(list(items), desc=desc, leave=False, disable=len(items) < 200)
+
+
+def check_images(cfg: DictConfig, df: pd.DataFrame, column: str, csv_path: Path, counts: dict) -> pd.DataFrame:
+    """Every row's image must exist and decode: a DataError naming the CSV row and file, or with bad_images=skip
+    the rows are dropped and counted."""
+    bad = []
+    for i, p in enumerate(df[column]):
+        if not Path(p).is_file():
+            bad.append((i, p, "missing on disk"))
+        elif cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            bad.append((i, p, "unreadable"))
+    if not bad:
+        return df
+    i, p, why = bad[0]
+    message = f"{csv_path}: {len(bad)} image(s) missing or unreadable, the first {p} ({why}, data row {i + 1})"
+    if cfg.bad_images != "skip":
+        raise DataError(message + "; fix the file or set bad_images=skip")
+    key = "row(s) with a missing or unreadable image, skipped (bad_images=skip)"
+    counts[key] = counts.get(key, 0) + len(bad)
+    return df.drop(index=df.index[[b[0] for b in bad]]).reset_index(drop=True)
+
+
+def warn_counts(counts: dict, where: str) -> None:
+    """One warning listing the documented, counted skips and fills (meta without image, image without meta, ...)."""
+    said = {k: v for k, v in counts.items() if v}
+    if said:
+        warnings.warn(f"{where}: " + "; ".join(f"{v} {k}" for k, v in said.items()), stacklevel=3)
