@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from common import api, kaggle, leaderboard
+from common import demo as demo_lib
 from common import tune as tune_lib
 from common.config import command_section, merge_checked, override_config, parse_args
 from common.errors import ConfigError
@@ -70,6 +71,16 @@ def section_args(overrides: list[str], name: str) -> tuple[list[str], dict]:
     ours = [o for o in overrides if o.startswith(f"{name}.")]
     parsed = override_config(ours)
     return [o for o in overrides if o not in ours], OmegaConf.to_container(parsed.get(name) or OmegaConf.create({}))
+
+
+def demo(task: Task, argv: list[str] | None, make_dataset, settings: dict) -> Path:
+    """make <c>-demo: synthetic data -> train -> infer -> submit with the demo's quick settings (argv wins)."""
+    args = parse_args(argv)
+    trained, out = demo_lib.run(task, make_dataset, settings, overrides_of(args.overrides), args.config)
+    metrics = trained.metrics()
+    print(f"[demo] {task.name}: CV {metrics['metric']} = {metrics['cv']:.4f} (run {trained.dir})")
+    print(f"[demo] {task.name}: submission written to {out}")
+    return out
 
 
 def train(task: Task, argv: list[str] | None = None) -> Run:

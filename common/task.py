@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -164,7 +164,7 @@ class Task(ABC):
         raise NotImplementedError(f"{type(self).__name__}.estimator() needs features()")
 
     # ---- config and paths ---------------------------------------------------------------------
-    def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
+    def config(self, overrides: Mapping | list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
         """This competition's config: engine defaults <- declared keys <- config.yaml <- experiment <- overrides."""
         from common.config import load_config
         return load_config(config_path or self.config_path, overrides, defaults=self.config_defaults)

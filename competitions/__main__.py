@@ -11,6 +11,7 @@ import importlib
 import inspect
 import sys
 
+from common import cli
 from common.errors import UserError
 from common.task import Task
 
@@ -46,8 +47,9 @@ def load_task(competition: str) -> Task:
 
 def run_command(competition: str, command: str, argv: list[str]):
     """Call one command; what it returns (a Run, a path, a study) goes back to the caller."""
-    if command == "demo":
-        return importlib.import_module(f"competitions.{competition}.demo").main(argv)
+    if command == "demo":  # the competition's demo.py: its data generator and quick settings
+        demo = importlib.import_module(f"competitions.{competition}.demo")
+        return cli.demo(load_task(competition), argv, demo.make_dataset, demo.SETTINGS)
     if command not in COMMANDS:
         raise UserError(f"unknown command {command!r}; one of {', '.join([*COMMANDS, 'demo'])}")
     module_name, function = COMMANDS[command].split(":")

@@ -5,15 +5,12 @@ the cue the real task turns on, so there is a real signal to learn and the CV AU
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from common import demo
-from competitions.armyworm.task import ArmywormTask
 
 SIZE = 64
 
@@ -50,10 +47,5 @@ def make_dataset(dest: Path, n_train: int = 120, n_test: int = 40, seed: int = 0
     return dest
 
 
-def main(argv: list[str]) -> None:
-    demo.run(ArmywormTask(), make_dataset, argv,
-             defaults=["image_size=64", "epochs=3", "folds=3", "batch_size=16", "tta=false"])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# Quick CPU settings: `python -m competitions armyworm demo key=value ...` overrides them.
+SETTINGS = {"image_size": 64, "epochs": 3, "folds": 3, "batch_size": 16, "tta": False}

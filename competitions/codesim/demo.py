@@ -8,15 +8,12 @@ are the look-alike (hard) negatives. One file is Python 2 and one does not token
 """
 from __future__ import annotations
 
-import sys
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import demo
-from competitions.codesim.task import CodesimTask
 
 # aggregate: (expression over the generator {g}, loop that leaves the result in {r}); {t} is the transform.
 AGGREGATES = {
@@ -106,12 +103,6 @@ def make_dataset(dest: Path, n_problems: int = 30, n_test_problems: int = 8, see
     return dest
 
 
-def main(argv: list[str]) -> None:
-    # The bi-encoder: a few dozen steps reach CV ~0.95 here; the cross-encoder needs more than a demo's minutes on
-    # a CPU (ARGS="experiment=null" for it, with more pairs_per_epoch).
-    demo.run(CodesimTask(), make_dataset, argv,
-             defaults=["experiment=bi", "epochs=1", "folds=3", "pairs_per_epoch=96", "batch_size=16", "max_len=128"])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# The bi-encoder: a few dozen steps reach CV ~0.95 here; the cross-encoder needs more than a demo's minutes on
+# a CPU (ARGS="experiment=null" for it, with more pairs_per_epoch).
+SETTINGS = {"experiment": "bi", "epochs": 1, "folds": 3, "pairs_per_epoch": 96, "batch_size": 16, "max_len": 128}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import cv2
 import pandas as pd
@@ -72,12 +73,14 @@ class GrowthTask(TabularImageTask):
     }
 
     # ---- config ------------------------------------------------------------------------------------------
-    def config(self, overrides: list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
+    def config(self, overrides: Mapping | list[str] | None = None, config_path: str | Path | None = None) -> DictConfig:
         """A features table implies experiment=tabular (gbm on the table's columns, no leaf-pixel line, which
         config.yaml's photos need): features_file= alone trains. An experiment named anywhere wins."""
         cfg = super().config(overrides, config_path)
         if cfg.features_file and not cfg.experiment:
-            cfg = super().config([*(overrides or []), "experiment=tabular"], config_path)
+            implied = ({**overrides, "experiment": "tabular"} if isinstance(overrides, Mapping)
+                       else [*(overrides or []), "experiment=tabular"])
+            cfg = super().config(implied, config_path)
         return cfg
 
     # ---- reading the layout ----------------------------------------------------------------------------

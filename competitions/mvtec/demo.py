@@ -6,15 +6,12 @@ a disc (scratch, hole), a striped tile (color), and a transistor whose defect is
 config never turns or mirrors transistor images (augment_exclude)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from common import demo
-from competitions.mvtec.task import MvtecTask
 
 SIZE = 64
 # label -> (class, state, train images); test gets half as many
@@ -76,11 +73,6 @@ def make_dataset(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
-def main(argv: list[str]) -> None:
-    demo.run(MvtecTask(), make_dataset, argv,
-             defaults=["epochs=5", "folds=2", "image_size=64", "batch_size=16", "lr=1e-3", "head_lr=1e-2",
-                       "tta=true"])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# Quick CPU settings: `python -m competitions mvtec demo key=value ...` overrides them.
+SETTINGS = {"epochs": 5, "folds": 2, "image_size": 64, "batch_size": 16, "lr": 1e-3, "head_lr": 1e-2,
+            "tta": True}

@@ -5,14 +5,11 @@ words it keeps, so there is a real signal to learn and the CV score means someth
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common import demo
-from competitions.usppm.task import UsppmTask
 
 WORDS = ("acid battery brake cable circuit coating engine fiber filter gear heater laser lens magnet membrane "
          "motor nozzle pump resin rotor sensor shaft spring valve wheel polymer signal carbon display antenna").split()
@@ -44,10 +41,5 @@ def make_dataset(dest: Path, n_anchors: int = 60, targets_per_anchor: int = 12, 
     return dest
 
 
-def main(argv: list[str]) -> None:
-    demo.run(UsppmTask(), make_dataset, argv,
-             defaults=["epochs=2", "folds=3", "batch_size=16", "lr=1e-4", "head_lr=1e-3", "max_len=32"])
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+# Quick CPU settings: `python -m competitions usppm demo key=value ...` overrides them.
+SETTINGS = {"epochs": 2, "folds": 3, "batch_size": 16, "lr": 1e-4, "head_lr": 1e-3, "max_len": 32}
