@@ -1,5 +1,7 @@
 """The shared loop on a toy regression task (pure torch, seconds): accumulation, early stopping, precision,
-evaluation every N steps, optimizer groups. Competition tests cover the rest end to end."""
+evaluation every N steps, optimizer groups, mid-epoch resume (on the toy pair task). Competition tests cover the
+rest end to end."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,9 @@ import torch
 from torch import nn
 
 from common.task import TARGET, Task
+from common import api
 from common.trainer import create_optimizer, train
+from tests.toys import Killed, dies_at_step
 
 N_ROWS, N_FEATURES = 96, 4
 
@@ -145,3 +149,17 @@ def test_a_run_trained_a_fold_at_a_time_sums_up_every_finished_fold(toy):
     assert run.metrics()["cv"] == pytest.approx(whole.metrics()["cv"])
     assert run.metrics()["folds"] == pytest.approx(whole.metrics()["folds"])
     pd.testing.assert_frame_equal(pd.read_csv(run.oof_path), pd.read_csv(whole.oof_path))
+
+
+def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task):
+    common = ["folds=2", "train_folds=[0]", "epochs=2", "checkpoint_every=3", "batch_size=8"]
+    full = api.train(pair_task, pair_task.config(["run_name=whole", *common]))
+
+    with dies_at_step(5), pytest.raises(Killed):  # after the checkpoint at step 3, in the middle of epoch 1
+        api.train(pair_task, pair_task.config(["run_name=killed", *common]))
+    state = json.loads((Path("runs/pairs/killed/fold0/last/trainer_state.json")).read_text())
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)
+    resumed = api.train(pair_task, pair_task.config(["run_name=killed", *common]))
+    a, b = pd.read_csv(full.oof_path), pd.read_csv(resumed.oof_path)
+    assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "bit-for-bit on the CPU"
+    assert resumed.metrics()["cv"] == full.metrics()["cv"]
