@@ -97,10 +97,22 @@ def test_eval_every_n_steps_adds_mid_epoch_evaluations(toy):
     assert history(cfg)["step"].tolist() == [2, 4, 6]  # 6 optimizer steps: at 2 and 4, then at epoch end
 
 
-def test_bf16_mixed_precision_runs_on_cpu_and_fp16_is_refused(toy):
-    task, config = toy
-    metrics = train(task, config("run_name=bf16", "precision=bf16", "epochs=3")).metrics()
-    assert np.isfinite(metrics["cv"])
+def test_bf16_runs_the_forward_in_bf16_on_cpu_and_fp16_is_refused(toy):
+    toy_task, config = toy
+    seen = []  # (precision, training?, dtype of the head's output) of every forward, training and evaluation
+
+    class Recorded(ToyTask):
+        def build_model(self, cfg, n_outputs, ctx, pretrained):
+            model = super().build_model(cfg, n_outputs, ctx, pretrained)
+            model.head.register_forward_hook(lambda m, i, out: seen.append((cfg.precision, m.training, out.dtype)))
+            return model
+
+    task = Recorded(toy_task.config_path)
+    for precision in ("fp32", "bf16"):
+        metrics = train(task, config(f"run_name={precision}", f"precision={precision}", "epochs=3")).metrics()
+        assert np.isfinite(metrics["cv"])
+    assert set(seen) == {("fp32", True, torch.float32), ("fp32", False, torch.float32),
+                         ("bf16", True, torch.bfloat16), ("bf16", False, torch.bfloat16)}
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
             train(task, config("run_name=fp16", "precision=fp16"))
