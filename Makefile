@@ -1,14 +1,15 @@
-# make <c>-train|<c>-infer|<c>-submit|<c>-rescore|<c>-ensemble|<c>-tune|<c>-push|<c>-data|<c>-runs|<c>-dashboard,
-# make demo, make test.
+# make <c>-train|<c>-infer|<c>-submit|<c>-rescore|<c>-ensemble|<c>-tune|<c>-push|<c>-gradcam|<c>-runs|<c>-dashboard|
+# <c>-demo|<c>-data, make demo, make test. <c> is any folder of competitions/ with a task.py: a new one gets every target.
 #   ARGS="key=value ..."  config overrides        RUN=<name>  the run to create / resume / use
-#   RUNS="a b"  runs to blend (ensemble)           RUN2=<name> second run to compare (armyworm-gradcam)
+#   RUNS="a b"  runs to blend (ensemble)           RUN2=<name> second run to compare (gradcam)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-COMPETITIONS := usppm mvtec armyworm codesim growth
-DEMOS  := usppm mvtec armyworm codesim growth
-COMMANDS := train infer submit rescore ensemble tune push
+COMPETITIONS := $(patsubst competitions/%/task.py,%,$(wildcard competitions/*/task.py))
+DEMOS  := $(filter $(patsubst competitions/%/demo.py,%,$(wildcard competitions/*/demo.py)),$(COMPETITIONS))
+DATA_TEXTS := usppm mvtec armyworm codesim growth   # the competitions with their own -data rule (at the end)
+COMMANDS := train infer submit rescore ensemble tune push gradcam runs dashboard
 RUN  ?=
 RUN2 ?=
 RUNS ?=
@@ -16,10 +17,10 @@ ARGS ?=
 DRY_RUN ?=
 run_arg = $(if $(RUN),run_name=$(RUN))
 kit = $(PY) -m competitions
+targets = $(filter %-$(1),$(TARGETS))
 
 TARGETS := $(foreach c,$(COMPETITIONS),$(foreach k,$(COMMANDS),$(c)-$(k)))
-.PHONY: setup demo test bench $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS)) \
-	$(addsuffix -runs,$(COMPETITIONS)) $(addsuffix -dashboard,$(COMPETITIONS)) armyworm-gradcam
+.PHONY: setup demo test bench $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS))
 
 setup: $(STAMP)
 $(STAMP): requirements.txt
@@ -36,26 +37,31 @@ test: $(STAMP)
 bench: $(STAMP)   # ratios of the kit against the plain way (benchmarks/, minutes): benchmarks/results.md
 	$(PY) -m benchmarks $(ARGS)
 
+# A competition without a demo.py has no demo: its -demo target says so and fails.
 $(addsuffix -demo,$(COMPETITIONS)): %-demo: $(STAMP)
-	$(kit) $* demo $(ARGS)
+	$(if $(filter $*,$(DEMOS)),$(kit) $* demo $(ARGS),@echo "competitions/$*/demo.py not found: $* has no demo" >&2; exit 2)
 
-$(filter %-train %-infer %-submit %-rescore %-tune,$(TARGETS)): $(STAMP)
+$(foreach k,train infer submit rescore tune,$(call targets,$(k))): $(STAMP)
 	$(kit) $(firstword $(subst -, ,$@)) $(lastword $(subst -, ,$@)) $(run_arg) $(ARGS)
 
-$(filter %-ensemble,$(TARGETS)): %-ensemble: $(STAMP)
+$(call targets,ensemble): %-ensemble: $(STAMP)
 	$(kit) $* ensemble runs="$(RUNS)" $(run_arg) $(ARGS)
 
-$(filter %-push,$(TARGETS)): %-push: $(STAMP)
+$(call targets,push): %-push: $(STAMP)
 	$(kit) $* push $(run_arg) $(if $(DRY_RUN),dry_run=true) $(ARGS)
 
-$(addsuffix -runs,$(COMPETITIONS)): %-runs: $(STAMP)
+$(call targets,gradcam): %-gradcam: $(STAMP)
+	$(kit) $* gradcam $(run_arg) $(if $(RUN2),run2=$(RUN2)) $(ARGS)
+
+$(call targets,runs): %-runs: $(STAMP)
 	$(kit) $* runs $(ARGS)
 
-$(addsuffix -dashboard,$(COMPETITIONS)): %-dashboard: $(STAMP)
+$(call targets,dashboard): %-dashboard: $(STAMP)
 	$(kit) $* dashboard $(run_arg) $(ARGS)
 
-armyworm-gradcam: $(STAMP)
-	$(kit) armyworm gradcam $(run_arg) $(if $(RUN2),run2=$(RUN2)) $(ARGS)
+# A competition without a -data rule of its own below: where its raw files go.
+$(addsuffix -data,$(filter-out $(DATA_TEXTS),$(COMPETITIONS))): %-data:
+	@echo "$*: put the raw files into data/$*/ (competitions/$*/README.md says where to get them)"
 
 usppm-data: $(STAMP)
 	$(PY) -m competitions usppm download dest=data/usppm

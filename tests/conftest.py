@@ -12,10 +12,14 @@ SHARED_DATA = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "d
 
 
 def shared_data(name: str) -> Path:
-    """The real sample of a competition, or skip the test saying why."""
+    """The real sample of a competition, or skip the test saying why; with KIT_REQUIRE_SHARED_DATA=1 (.ci/run sets
+    it) a missing sample fails the test instead, so CI cannot pass by skipping every end-to-end test."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"real {name} sample not found at {path} (set KIT_SHARED_DATA to its parent)")
+        why = f"real {name} sample not found at {path} (set KIT_SHARED_DATA to its parent)"
+        if os.environ.get("KIT_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(f"{why}; KIT_REQUIRE_SHARED_DATA=1 makes that a failure")
+        pytest.skip(why)
     return path
 
 

@@ -1,5 +1,6 @@
 """Fall Armyworm end to end on the real images (../shared/data/armyworm, downscaled to 384 px): a few dozen leaves at
-64 px, 1 epoch, 2 folds, with the offline tf_efficientnet_lite0; then submission, any-list inference, Grad-CAM."""
+64 px, 3 epochs, 2 folds, with the offline tf_efficientnet_lite0 (enough to learn: OOF AUC 0.81 where 1 step per fold
+gave 0.61); then submission, any-list inference, Grad-CAM."""
 import shutil
 
 import numpy as np
@@ -18,7 +19,7 @@ from competitions.armyworm.task import ArmywormTask
 from tests.conftest import shared_data
 
 TASK = ArmywormTask()
-QUICK = ["limit=48", "image_size=64", "epochs=1", "folds=2", "batch_size=16"]
+QUICK = ["limit=48", "image_size=64", "epochs=3", "folds=2", "batch_size=8"]
 
 
 def test_train_submit_infer_and_gradcam_end_to_end(workdir):
@@ -38,6 +39,7 @@ def test_train_submit_infer_and_gradcam_end_to_end(workdir):
     metrics = run.metrics()
     assert metrics["metric"] == "roc_auc" and metrics["greater_is_better"] is True
     assert metrics["cv"] == pytest.approx(roc_auc_score(oof["target"], oof["pred"]))
+    assert metrics["cv"] > 0.6, "the model did not learn"
     assert metrics["folds"] == pytest.approx([roc_auc_score(g["target"], g["pred"]) for _, g in oof.groupby("fold")])
 
     # Submission: the sample file row for row, its target column (this copy says Label) holding probabilities.
@@ -62,7 +64,7 @@ def test_train_submit_infer_and_gradcam_end_to_end(workdir):
 
     # Grad-CAM: overlays of the model's input size in four groups, one sheet per group, and a second run
     # (another input size and the paper's Dropout(0.4) head) compared on the same images.
-    cli.train(TASK, [f"data_dir={data}", "run_name=e2e96", *QUICK, "image_size=96", "head_dropout=0.4"])
+    cli.train(TASK, [f"data_dir={data}", "run_name=e2e96", *QUICK, "image_size=96", "head_dropout=0.4", "epochs=1"])
     out = gradcam_command(TASK, ["run_name=e2e", "run2=e2e96", "n=3"])
     overlays = sorted(out.glob("*/*.png"))
     assert overlays and {p.parent.name for p in overlays} <= {"correct_1", "correct_0", "false_negative",

@@ -100,7 +100,8 @@ def test_losses_differ_as_they_should():
     smooth = ClassificationLoss(label_smoothing=0.1)(logits, target)
     assert torch.allclose(smooth, F.cross_entropy(logits, target, label_smoothing=0.1))
     focal_smooth = ClassificationLoss(targets, "balanced", loss="focal", label_smoothing=0.1)(logits, target)
-    assert torch.isfinite(focal_smooth)
+    focal_weighted = ClassificationLoss(targets, "balanced", loss="focal")(logits, target)
+    assert torch.isfinite(focal_smooth) and not torch.allclose(focal_smooth, focal_weighted)  # smoothing reaches focal
     with pytest.raises(ValueError, match="loss must be"):
         ClassificationLoss(loss="hinge")
 

@@ -1,5 +1,7 @@
 """The shared loop on a toy regression task (pure torch, seconds): accumulation, early stopping, precision,
-evaluation every N steps, optimizer groups. Competition tests cover the rest end to end."""
+evaluation every N steps, optimizer groups, mid-epoch resume (on the toy pair task). Competition tests cover the
+rest end to end."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,9 @@ import torch
 from torch import nn
 
 from common.task import TARGET, Task
+from common import api
 from common.trainer import create_optimizer, train
+from tests.toys import Killed, dies_at_step
 
 N_ROWS, N_FEATURES = 96, 4
 
@@ -93,10 +97,22 @@ def test_eval_every_n_steps_adds_mid_epoch_evaluations(toy):
     assert history(cfg)["step"].tolist() == [2, 4, 6]  # 6 optimizer steps: at 2 and 4, then at epoch end
 
 
-def test_bf16_mixed_precision_runs_on_cpu_and_fp16_is_refused(toy):
-    task, config = toy
-    metrics = train(task, config("run_name=bf16", "precision=bf16", "epochs=3")).metrics()
-    assert np.isfinite(metrics["cv"])
+def test_bf16_runs_the_forward_in_bf16_on_cpu_and_fp16_is_refused(toy):
+    toy_task, config = toy
+    seen = []  # (precision, training?, dtype of the head's output) of every forward, training and evaluation
+
+    class Recorded(ToyTask):
+        def build_model(self, cfg, n_outputs, ctx, pretrained):
+            model = super().build_model(cfg, n_outputs, ctx, pretrained)
+            model.head.register_forward_hook(lambda m, i, out: seen.append((cfg.precision, m.training, out.dtype)))
+            return model
+
+    task = Recorded(toy_task.config_path)
+    for precision in ("fp32", "bf16"):
+        metrics = train(task, config(f"run_name={precision}", f"precision={precision}", "epochs=3")).metrics()
+        assert np.isfinite(metrics["cv"])
+    assert set(seen) == {("fp32", True, torch.float32), ("fp32", False, torch.float32),
+                         ("bf16", True, torch.bfloat16), ("bf16", False, torch.bfloat16)}
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
             train(task, config("run_name=fp16", "precision=fp16"))
@@ -145,3 +161,17 @@ def test_a_run_trained_a_fold_at_a_time_sums_up_every_finished_fold(toy):
     assert run.metrics()["cv"] == pytest.approx(whole.metrics()["cv"])
     assert run.metrics()["folds"] == pytest.approx(whole.metrics()["folds"])
     pd.testing.assert_frame_equal(pd.read_csv(run.oof_path), pd.read_csv(whole.oof_path))
+
+
+def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task):
+    common = ["folds=2", "train_folds=[0]", "epochs=2", "checkpoint_every=3", "batch_size=8"]
+    full = api.train(pair_task, pair_task.config(["run_name=whole", *common]))
+
+    with dies_at_step(5), pytest.raises(Killed):  # after the checkpoint at step 3, in the middle of epoch 1
+        api.train(pair_task, pair_task.config(["run_name=killed", *common]))
+    state = json.loads((Path("runs/pairs/killed/fold0/last/trainer_state.json")).read_text())
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)
+    resumed = api.train(pair_task, pair_task.config(["run_name=killed", *common]))
+    a, b = pd.read_csv(full.oof_path), pd.read_csv(resumed.oof_path)
+    assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "bit-for-bit on the CPU"
+    assert resumed.metrics()["cv"] == full.metrics()["cv"]

@@ -75,16 +75,33 @@ def test_awp_raises_the_loss_and_puts_every_weight_back():
     awp = AWP(model, adv_lr=1.0, eps=0.05)
     awp.perturb()
     moved = {n: (p - before[n]).abs().max().item() for n, p in model.named_parameters()}
-    assert max(moved.values()) > 0
+    assert moved["backbone.0.weight"] > 0 and moved["head.weight"] == 0  # the backbone moves, the head stays
     assert all((p - before[n]).abs().le(0.05 * before[n].abs() + 1e-7).all() for n, p in model.named_parameters())
-    assert torch.nn.functional.mse_loss(model(x), y) > loss
+    perturbed = torch.nn.functional.mse_loss(model(x), y)
     awp.restore()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    restored = torch.nn.functional.mse_loss(model(x), y)
+    assert perturbed > restored and torch.equal(restored, loss)  # worse where perturbed, exactly back after
 
 
-def test_awp_trains_end_to_end(pair_task):
-    run = api.train(pair_task, pair_task.config(["run_name=awp", "epochs=2", "awp=1.0", "awp_eps=0.01"]))
-    assert np.isfinite(run.metrics()["cv"])
+def test_awp_trains_with_a_second_pass_at_the_perturbed_weights(pair_task, monkeypatch):
+    losses = []  # every training loss the loop computes, in order
+    plain_loss = pair_task.train_loss
+
+    def recorded(cfg, model, batch, loss_fn):
+        loss = plain_loss(cfg, model, batch, loss_fn)
+        losses.append(loss.item())
+        return loss
+    monkeypatch.setattr(pair_task, "train_loss", recorded)
+    common = ["epochs=2", "folds=2", "train_folds=[0]"]
+    plain = api.train(pair_task, pair_task.config(["run_name=plain", *common]))
+    steps = len(losses)
+    losses.clear()
+    run = api.train(pair_task, pair_task.config(["run_name=awp", *common, "awp=1.0", "awp_eps=0.01"]))
+    assert np.isfinite(run.metrics()["cv"]) and len(losses) == 2 * steps  # each step: a plain and a perturbed pass
+    at_weights, perturbed = np.array(losses[0::2]), np.array(losses[1::2])
+    assert (perturbed > at_weights).all(), "the perturbed pass must see a worse loss"
+    assert not pd.read_csv(plain.oof_path).pred.equals(pd.read_csv(run.oof_path).pred)
 
 
 def test_multi_sample_dropout_averages_masks_in_training_only():

@@ -1,4 +1,5 @@
-"""USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, 1 epoch, the offline MiniLM."""
+"""USPPPM end to end on the real sample (../shared/data/usppm): a few hundred rows, the offline MiniLM. The end-to-end
+run is just long enough to learn (Pearson 0.35 at 480 rows, 3 epochs, batch 16; 240 rows and 1 epoch gave 0.04)."""
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from competitions.usppm.task import UsppmTask, other_targets
 from tests.conftest import shared_data
 
 TASK = UsppmTask()
-QUICK = ["limit=240", "epochs=1", "folds=2", "batch_size=32", "max_len=32"]
+QUICK = ["limit=480", "epochs=3", "folds=2", "batch_size=16", "max_len=32"]
 
 
 def test_train_infer_submit_end_to_end(workdir):
@@ -32,15 +33,15 @@ def test_train_infer_submit_end_to_end(workdir):
     saved = json.loads(run.metrics_path.read_text())
     assert saved["metric"] == "pearson" and saved["greater_is_better"] is True
     assert len(saved["folds"]) == 2 and saved["cv"] == pytest.approx(metrics["cv"])
-    assert -1 <= saved["cv"] <= 1
+    assert saved["cv"] > 0.2, "the model did not learn"
 
     oof, folds = pd.read_csv(run.oof_path), pd.read_csv(run.folds_path)
-    assert len(oof) == 240 and oof["pred"].notna().all() and oof["id"].is_unique
+    assert len(oof) == 480 and oof["pred"].notna().all() and oof["id"].is_unique
     assert set(oof["id"]) == set(folds["id"])
     train = pd.read_csv(data / "train.csv").set_index("id")
     assert (pd.Series(folds["fold"].to_numpy(), index=folds["id"]).groupby(train.loc[folds["id"], "anchor"].to_numpy())
             .nunique() == 1).all(), "an anchor leaked across folds"
-    assert run.config().limit == 240  # resolved config saved
+    assert run.config().limit == 480  # resolved config saved
 
     sub_path = cli.infer(TASK, ["run_name=e2e", f"data_dir={data}", "--submit"])
     sub, sample = pd.read_csv(sub_path), pd.read_csv(data / "sample_submission.csv")

@@ -1,22 +1,15 @@
-"""Engine v2 on two toy tasks that the first three competitions do not exercise (pure torch, seconds):
-a pair task (folds by group over both members, fold state fitted in fit_fold and reloaded, swap TTA, a tuned
-threshold) and an image + tabular regression (a scaler per fold, TTA on the image only, Grad-CAM). Plus the
-function API, seed averaging and mid-epoch resume. The toy tasks: tests/toys.py; their fixtures: conftest.py."""
+"""A pair task (pure torch, seconds): folds by group over both members, fold state fitted in fit_fold and reloaded,
+swap TTA, a tuned threshold, seed averaging. The toy task: tests/toys.py (PairTask); its fixture: conftest.py."""
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from common import api, cli, ensemble, gradcam
-from common.errors import NotFound
+from common import api, cli, ensemble
 from common.io import read_json
 from common.metrics import get_metric, score_with_cut_from_other_folds, tune_threshold
-from common.vision import image_views
-from tests.toys import Killed, dies_at_step
 
 
 def test_pairs_are_folded_by_group_over_both_members_and_the_fold_state_never_sees_validation(pair_task):
@@ -102,55 +95,3 @@ def test_seed_averaging_two_seeds_share_folds_and_blend(pair_task):
     assert moved.folds_path.read_text() != a.folds_path.read_text()
     copied = api.train(pair_task, pair_task.config(["run_name=s4", "fold_seed=5", "folds_from=s1"]))
     assert copied.folds_path.read_text() == a.folds_path.read_text()
-
-
-def test_the_function_api_runs_train_predict_submit_in_one_process_without_argv(pair_task, monkeypatch):
-    monkeypatch.setattr("sys.argv", ["not-an-argument-list-anyone-reads"])
-    run = api.train(pair_task, pair_task.config(["run_name=api", "epochs=1"]))
-    preds = api.predict(pair_task, "api")
-    path = api.submit(pair_task, run, out="sub.csv")
-    assert len(preds) == 40 and list(preds.columns) == ["pair_id", "pred"]
-    assert pd.read_csv(path).similar.isin([0, 1]).all()
-    with pytest.raises(NotFound, match="run runs/pairs/nope not found"):  # a UserError, not SystemExit
-        api.predict(pair_task, "nope")
-
-
-def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task):
-    common = ["folds=2", "train_folds=[0]", "epochs=2", "checkpoint_every=3", "batch_size=8"]
-    full = api.train(pair_task, pair_task.config(["run_name=whole", *common]))
-
-    with dies_at_step(5), pytest.raises(Killed):  # after the checkpoint at step 3, in the middle of epoch 1
-        api.train(pair_task, pair_task.config(["run_name=killed", *common]))
-    state = json.loads((Path("runs/pairs/killed/fold0/last/trainer_state.json")).read_text())
-    assert (state["epoch"], state["batch"], state["step"]) == (0, 3, 3)
-    resumed = api.train(pair_task, pair_task.config(["run_name=killed", *common]))
-    a, b = pd.read_csv(full.oof_path), pd.read_csv(resumed.oof_path)
-    assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "bit-for-bit on the CPU"
-    assert resumed.metrics()["cv"] == full.metrics()["cv"]
-
-
-# ---- an image + tabular regression -----------------------------------------------------------------------
-def test_image_plus_tabular_scaler_per_fold_tta_on_the_image_only_and_grad_cam(growth_toy):
-    task = growth_toy
-    run = api.train(task, task.config(["run_name=fusion"]))
-    folds = pd.read_csv(run.folds_path).merge(pd.read_csv(task.config().data_dir + "/train.csv"), on="img")
-    assert (folds.groupby("case").fold.nunique() == 1).all()
-    for fold in (0, 1):  # each fold's scaler comes from its own training cases
-        train = folds[folds.fold != fold]
-        assert read_json(run.fold_dir(fold) / "scaler.json")["mean"] == pytest.approx(train[["t", "h"]].mean().tolist())
-
-    batch = {"image": torch.rand(2, 3, 16, 16), "features": torch.rand(2, 2), "index": torch.arange(2)}
-    views = task.tta_views(task.config(["tta=true", "tta_transforms=[hflip]"]), batch)
-    assert len(views) == 2 and all(v["features"] is batch["features"] for v in views)
-    assert torch.equal(views[1]["image"], batch["image"].flip(-1))
-    test = task.config().data_dir + "/train.csv"
-    with_tta = api.predict(task, run, test, tta=True)
-    assert with_tta.pred.notna().all() and not np.allclose(with_tta.pred, api.predict(task, run, test).pred)
-
-    out = gradcam.gradcam(task, run, n=3)  # regression: the closest and the furthest OOF predictions
-    assert {p.name for p in out.glob("*.png")} == {"closest.png", "furthest.png"}
-    oof = pd.read_csv(run.oof_path)
-    inputs, cams = gradcam.explain(task, run, run.config(), oof, np.zeros(len(oof), int), task.load_train(run.config()))
-    assert inputs.shape == (24, 16, 16, 3) and cams.shape == (24, 16, 16) and np.isfinite(cams).all()
-    assert (cams.std(axis=(1, 2)) > 0).any(), "every heatmap is flat"
-    assert image_views(batch, ["vflip"])[1]["features"] is batch["features"]
