@@ -72,8 +72,7 @@ def test_make_demo_runs_every_demo_and_a_folder_without_demo_py_says_it_has_none
 
 
 def test_the_competition_specific_data_texts_stay(repo_with_newcomp):
-    assert "common.kaggle download us-patent-phrase-to-phrase-matching data/usppm" in make_n(repo_with_newcomp,
-                                                                                             "usppm-data")[0]
+    assert "-m competitions usppm download dest=data/usppm" in make_n(repo_with_newcomp, "usppm-data")[0]
     assert "dacon.io" in make_n(repo_with_newcomp, "growth-data")[0]
 
 
