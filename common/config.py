@@ -43,7 +43,8 @@ ENGINE_DEFAULTS = {
     "patience": 0,              # early stopping after N evaluations without improvement; 0 -> off
     "model": None,
     "pretrained": True,         # pretrained weights that cannot be found are an error, never a silent random init
-    "precision": "fp32",        # fp32 | bf16 | fp16 (Accelerate mixed precision)
+    "precision": "auto",        # auto | fp32 | bf16 | fp16 (Accelerate mixed precision); auto: bf16 where the CPU
+                                # (avx512_bf16, AMX) or GPU computes it natively, else fp32; the run records its choice
     "compile": False,           # torch.compile the model's forward: faster steps on a GPU after a compile warm-up
     "limit": None,              # train on a sample of N rows (drawn with fold_seed: quick experiments, tests)
     "num_workers": 0,           # DataLoader worker processes (one thread each)

@@ -13,6 +13,7 @@ import math
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from common import plots
-from common.accelerator import create_accelerator
+from common.accelerator import AUTO, auto_precision, create_accelerator
 from common.checkpoints import EMA_FILE, last_state_dir, save_model, save_resume_state
 from common.errors import ConfigError, NotFound
 from common.estimator import train_estimator_fold
@@ -47,10 +48,25 @@ EvalCallback = Callable[[int, int, float], None]
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
+def choose_precision(task: Task, cfg: DictConfig) -> str:
+    """precision=auto becomes this machine's choice, written into the run's config.yaml; a run that already exists
+    resumes in the precision it was started in. Returns why, for the printed line."""
+    if cfg.precision != AUTO:
+        return "as set"
+    existing = Path(cfg.runs_dir) / task.name / str(cfg.run_name) / "config.yaml"
+    if cfg.run_name and existing.is_file():
+        cfg.precision = Run(existing.parent).config().precision
+        return "auto: as the run was started"
+    cfg.precision, why = auto_precision()
+    return f"auto: {why}"
+
+
 def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) -> Run:
     """Train every fold of `train_folds` (skipping finished ones), then write oof.csv, metrics.json and plots."""
     started = time.time()
+    why = choose_precision(task, cfg)
     accelerator = create_accelerator(cfg, tracking=True)
+    accelerator.print(f"precision: {cfg.precision} ({why})")
     if not cfg.run_name:  # every process must agree on the timestamped name
         cfg.run_name = broadcast_object_list([time.strftime("%Y%m%d-%H%M%S")])[0]
     train_df, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written

@@ -163,8 +163,9 @@ def test_a_run_trained_a_fold_at_a_time_sums_up_every_finished_fold(toy):
     pd.testing.assert_frame_equal(pd.read_csv(run.oof_path), pd.read_csv(whole.oof_path))
 
 
-def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task):
-    common = ["folds=2", "train_folds=[0]", "epochs=2", "checkpoint_every=3", "batch_size=8"]
+@pytest.mark.parametrize("precision", ["auto", "bf16"])  # the default (whatever this machine chooses) and bf16
+def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task, precision):
+    common = ["folds=2", "train_folds=[0]", "epochs=2", "checkpoint_every=3", "batch_size=8", f"precision={precision}"]
     full = api.train(pair_task, pair_task.config(["run_name=whole", *common]))
 
     with dies_at_step(5), pytest.raises(Killed):  # after the checkpoint at step 3, in the middle of epoch 1
@@ -175,3 +176,30 @@ def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task):
     a, b = pd.read_csv(full.oof_path), pd.read_csv(resumed.oof_path)
     assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "bit-for-bit on the CPU"
     assert resumed.metrics()["cv"] == full.metrics()["cv"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_cpu_has_it_and_the_run_records_its_choice(toy, monkeypatch, capsys, native):
+    from common import accelerator
+    task, config = toy
+    monkeypatch.setattr(accelerator, "native_bf16", lambda: (native, "a test's CPU"))
+    expected = "bf16" if native else "fp32"
+    assert accelerator.auto_precision() == (expected, "a test's CPU")
+    run = train(task, config("run_name=auto", "train_folds=[0]", "epochs=1"))
+    assert run.config().precision == expected  # config.yaml holds the choice, not "auto"
+    assert f"precision: {expected} (auto: a test's CPU)" in capsys.readouterr().out
+    # the same run resumed where auto would choose the other way keeps the precision it was started in
+    monkeypatch.setattr(accelerator, "native_bf16", lambda: (not native, "another CPU"))
+    again = train(task, config("run_name=auto", "epochs=1"))
+    assert again.config().precision == expected
+    assert "auto: as the run was started" in capsys.readouterr().out
+
+
+def test_native_bf16_reads_the_cpu_probes(monkeypatch):
+    from common.accelerator import native_bf16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bf16() == (True, "CPU with amx")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert native_bf16() == (False, "CPU without avx512_bf16 or AMX")
