@@ -148,3 +148,13 @@ def test_tta_views_transform_the_image_only_and_cover_every_combination():
     assert len(image_views(batch, ["hflip", "rot90"])) == 8
     with pytest.raises(ConfigError, match="unknown TTA transform"):
         image_views(batch, ["spin"])
+
+
+@pytest.mark.parametrize("channels_last", [None, False])  # None: the default
+def test_image_models_are_channels_last_by_default(channels_last):
+    from competitions.armyworm.task import ArmywormTask
+    task = ArmywormTask()
+    cfg = task.config([] if channels_last is None else [f"channels_last={str(channels_last).lower()}"])
+    model = task.build_model(cfg, 1, None, pretrained=False)
+    weight = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)  # a k x k convolution
+    assert weight.is_contiguous(memory_format=torch.channels_last) == (channels_last is None)
