@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from common import api
+from common.accelerator import auto_precision
 from common.runs import Run
 from common.task import TARGET, model_inputs
 from common.text import PaddingCollator, load_tokenizer
@@ -44,10 +45,10 @@ SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data")
 SIZES = {
     "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 3, "pad_anchors": 8,
              "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 1200,
-             "infer_rows": 300, "repeats": 3, "rounds": 2},
+             "infer_rows": 300, "repeats": 3, "rounds": 3, "mpnet_rows": 600},
     "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
              "pad_max_len": 64, "photos": 4, "photo_size": (600, 400), "passes": 2, "ddp_rows": 80,
-             "infer_rows": 16, "repeats": 2, "rounds": 2},
+             "infer_rows": 16, "repeats": 2, "rounds": 2, "mpnet_rows": 40},
 }
 
 
@@ -83,48 +84,63 @@ def kit_epochs(task, overrides: list[str]) -> tuple[list[float], list[float], ob
 
 def kit_against_bare(task, overrides: list[str], name: str, size: dict) -> tuple[float, float, str]:
     """The kit's loop and the bare loop in ABBA order (kit, bare, bare, kit, ...), so that a machine getting slower
-    or faster over the minutes does not favour the one that runs first; the median epoch of each over all rounds."""
-    kit, bare, eval_s, cfg = [], [], [], None
+    or faster over the minutes does not favour the one that runs first; the median epoch of each over all rounds,
+    and the spread of the ratio over the rounds (each round's median kit epoch / its median bare epoch)."""
+    kit, bare, eval_s, ratios, cfg = [], [], [], [], None
     for round_ in range(size["rounds"]):
+        speeds = {}
         for who in (("kit", "bare") if round_ % 2 == 0 else ("bare", "kit")):
             if who == "kit":
-                speeds, evals, cfg = kit_epochs(task, [*overrides, f"run_name={name}-{round_}"])
-                kit += speeds
+                speeds["kit"], evals, cfg = kit_epochs(task, [*overrides, f"run_name={name}-{round_}"])
                 eval_s += evals
             else:  # round 0 runs the kit first: the bare loop trains on the rows of its last run (its folds.csv)
-                bare += bare_epochs(task, cfg, size["epochs"])
+                speeds["bare"] = bare_epochs(task, cfg, size["epochs"])
+        kit += speeds["kit"]
+        bare += speeds["bare"]
+        ratios.append(statistics.median(speeds["kit"]) / statistics.median(speeds["bare"]))
     kit_speed = statistics.median(kit)
     epoch_s = trained_per_epoch(Path(cfg.runs_dir) / task.name / f"{name}-0", cfg.batch_size) / kit_speed
-    share = (f"evaluation {statistics.median(eval_s):.1f} s of each {epoch_s:.1f} s epoch "
-             f"({statistics.median(eval_s) / epoch_s:.0%}); {size['rounds']} rounds, kit and bare in ABBA order")
+    share = (f"precision {cfg.precision}; both evaluate every epoch (kit {statistics.median(eval_s):.1f} s of each "
+             f"{epoch_s:.1f} s epoch); ratio by round min / median / max {min(ratios):.2f} / "
+             f"{statistics.median(ratios):.2f} / {max(ratios):.2f} over {size['rounds']} rounds in ABBA order")
     return kit_speed, statistics.median(bare), share
 
 
 def bare_epochs(task, cfg, epochs: int) -> list[float]:
-    """A plain PyTorch loop on the kit's fold-0 rows: same model, dataset, batch size, optimizer, clipping; no
-    Accelerate, hooks, progress bar, evaluation or checkpoint."""
+    """A plain PyTorch loop on the kit's fold-0 rows: same model, dataset, batch size, optimizer, clipping and
+    precision (torch.autocast), and like the kit it predicts the fold's validation rows after every epoch; no
+    Accelerate, hooks, progress bar or checkpoint."""
     run = Run(Path(cfg.runs_dir) / task.name / cfg.run_name)
     train, classes = load_train_frame(task, cfg)
     train["fold"] = pd.read_csv(run.folds_path)["fold"].to_numpy()
-    trn, _ = fold_split(task, cfg, train, 0)
+    trn, val = fold_split(task, cfg, train, 0)
     ctx = fit_context(task, cfg, None, run, 0, trn)
     torch.manual_seed(cfg.seed)
     model = task.build_model(cfg, len(classes), ctx, pretrained=cfg.pretrained)
     loss_fn = task.loss_fn(cfg, trn, ctx)
+    collate = task.collate_fn(cfg, ctx)
     loader = torch.utils.data.DataLoader(task.dataset(cfg, trn, "train", ctx), batch_size=cfg.batch_size,
-                                         shuffle=True, collate_fn=task.collate_fn(cfg, ctx), drop_last=True)
+                                         shuffle=True, collate_fn=collate, drop_last=True)
+    valid = torch.utils.data.DataLoader(task.dataset(cfg, val, "valid", ctx), batch_size=cfg.batch_size,
+                                        collate_fn=collate)
     optimizer, scheduler = create_optimizer(cfg, model, len(loader))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
         for batch in loader:
-            loss = loss_fn(model(**model_inputs(batch)), batch["target"])
+            with autocast:
+                loss = loss_fn(model(**model_inputs(batch)), batch["target"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+        model.eval()
+        with torch.no_grad(), autocast:
+            for batch in valid:
+                task.activate(cfg, model(**model_inputs(batch)))
         times.append(time.perf_counter() - start)
     return [len(loader) * cfg.batch_size / t for t in times[1:]]
 
@@ -136,7 +152,7 @@ def trainer_text(size: dict, workdir: Path) -> list[dict]:
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", "max_len=64"]
     kit, bare, share = kit_against_bare(task, common, "trainer-text", size)
     return [line("trainer overhead", "MiniLM on USPPPM pairs: the kit's loop / a bare PyTorch loop", "samples/s",
-                 kit, bare, 0.90, "kit loop", "bare loop", share)]
+                 kit, bare, 0.95, "kit loop", "bare loop", share)]
 
 
 def trainer_image(size: dict, workdir: Path) -> list[dict]:
@@ -145,7 +161,7 @@ def trainer_image(size: dict, workdir: Path) -> list[dict]:
               "train_folds=[0]", f"epochs={size['epochs']}", "batch_size=32", f"image_size={size['image_size']}"]
     kit, bare, share = kit_against_bare(task, common, "trainer-image", size)
     return [line("trainer overhead", f"EfficientNet-Lite0 on armyworm, {size['image_size']} px: the kit's loop / "
-                 "a bare PyTorch loop", "samples/s", kit, bare, 0.90, "kit loop", "bare loop", share)]
+                 "a bare PyTorch loop", "samples/s", kit, bare, 0.95, "kit loop", "bare loop", share)]
 
 
 # ---- 2. dynamic padding ---------------------------------------------------------------------------------
@@ -303,8 +319,39 @@ def inference(size: dict, workdir: Path) -> list[dict]:
                  "no TTA", "rows/s", views, plain, None, "TTA", "no TTA")]
 
 
+# ---- 6. precision ----------------------------------------------------------------------------------------
+def training_speed(task, overrides: list[str]) -> tuple[float, str]:
+    """Median samples/s of fold 0's epochs after the first, as the kit trains; and the precision it used."""
+    speeds, _, cfg = kit_epochs(task, overrides)
+    return statistics.median(speeds), cfg.precision
+
+
+def precision(size: dict, workdir: Path) -> list[dict]:
+    """Training samples/s under fp32, under the default (precision=auto) and under bf16, same rows and settings."""
+    auto, why = auto_precision()
+    text = [f"data_dir={SHARED / 'usppm'}", f"runs_dir={workdir / 'runs'}", "train_folds=[0]",
+            f"epochs={size['epochs']}", "batch_size=32", "max_len=64"]
+    models = [("MiniLM (all-MiniLM-L6-v2) on USPPPM pairs", UsppmTask(), [*text, f"limit={size['text_rows']}"]),
+              ("all-mpnet-base-v2 on USPPPM pairs", UsppmTask(),
+               [*text, f"limit={size['mpnet_rows']}", "model=sentence-transformers/all-mpnet-base-v2"]),
+              (f"EfficientNet-Lite0 on armyworm, {size['image_size']} px", ArmywormTask(),
+               [f"data_dir={SHARED / 'armyworm'}", f"runs_dir={workdir / 'runs'}", "train_folds=[0]",
+                f"epochs={size['epochs']}", "batch_size=32", f"image_size={size['image_size']}",
+                f"limit={size['image_rows']}"])]
+    lines = []
+    for i, (what, task, overrides) in enumerate(models):
+        speed = {p: training_speed(task, [*overrides, f"precision={p}", f"run_name=precision-{i}-{p}"])[0]
+                 for p in ("fp32", "bf16")}
+        # auto is one of the two on any machine: its figure is that run's (the same settings, the same rows)
+        lines.append(line("precision", f"{what}: the default (precision=auto) / fp32", "samples/s", speed[auto],
+                          speed["fp32"], 1.5, f"auto = {auto}", "fp32", f"auto chose {auto}: {why}"))
+        lines.append(line("precision", f"{what}: bf16 autocast / fp32", "samples/s", speed["bf16"], speed["fp32"],
+                          None, "bf16", "fp32"))
+    return lines
+
+
 CASES = {"trainer_text": trainer_text, "trainer_image": trainer_image, "padding": padding,
-         "image_cache": image_cache, "ddp": ddp, "inference": inference}
+         "image_cache": image_cache, "ddp": ddp, "inference": inference, "precision": precision}
 
 
 def peak_rss_mb() -> float:
