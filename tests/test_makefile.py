@@ -1,5 +1,6 @@
 """The Makefile finds the competitions in competitions/: a copied folder under a new name gets every target, in a
 temporary copy of the repo (make -n: nothing runs), and the command line finds its Task."""
+import os
 import shutil
 import subprocess
 import sys
@@ -28,11 +29,16 @@ def repo_with_newcomp(tmp_path_factory):
     return root
 
 
+# A make as a user types it: under `make test` the parent's MAKELEVEL / MAKEFLAGS would add "make[1]: Entering
+# directory" lines and the parent's flags to what the tests read
+FRESH_MAKE = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
+
 def make_n(root, *targets, **variables):
     """What `make` would run, without running it; the venv counts as installed (-o: never remade)."""
     stamp = ".venv/.installed"
     out = subprocess.run(["make", "-n", "-o", stamp, *targets, *(f"{k}={v}" for k, v in variables.items())],
-                         cwd=root, capture_output=True, text=True)
+                         cwd=root, capture_output=True, text=True, env=FRESH_MAKE)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 
@@ -65,7 +71,7 @@ def test_make_demo_runs_every_demo_and_a_folder_without_demo_py_says_it_has_none
     (bare / "task.py").write_text("")
     assert "bare" not in " ".join(make_n(repo_with_newcomp, "demo"))
     out = subprocess.run(["make", "-o", ".venv/.installed", "bare-demo"], cwd=repo_with_newcomp,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=FRESH_MAKE)
     assert out.returncode != 0 and "competitions/bare/demo.py not found: bare has no demo" in out.stderr
     assert make_n(repo_with_newcomp, "bare-data")[-1].startswith('echo "bare: put the raw files into data/bare/')
     shutil.rmtree(bare)
