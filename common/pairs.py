@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import hashlib
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -365,7 +365,7 @@ class PairTextDataset(torch.utils.data.Dataset):
 
 
 # ---- the two encoders ---------------------------------------------------------------------------------------------
-class PairEncoding:
+class PairEncoding(ABC):
     """What differs between the pair family's encoders; PairTextTask picks one from `encoder=` (PAIRINGS) and its
     hooks ask it. `family` is PairTextTask's super(): the text family's hooks, which an encoder defers to where it
     does what any text task does."""
@@ -374,24 +374,25 @@ class PairEncoding:
     default_loss: str            # loss= unset
     in_batch_pairs: bool         # can train on every pair of a batch's distinct texts
 
+    @abstractmethod
     def special_tokens(self, special: SpecialTokens) -> int:
         """How many special tokens an item adds (the rest of max_len is text)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cost(self, len_a: np.ndarray, len_b: np.ndarray) -> np.ndarray:
         """What a scored pair costs to run, from its texts' token counts: pairs go longest first."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, data: PairTextDataset, i: int, j: int) -> dict:
         """The model inputs of the pair of texts i, j of data."""
-        raise NotImplementedError
 
     def swaps(self, cfg: DictConfig, mode: str) -> bool:
         """Whether items of this mode also hold the swapped pair (TTA)."""
         return False
 
+    @abstractmethod
     def collate(self, tokenizer):
-        raise NotImplementedError
+        """The batch collator of this encoder's items."""
 
     def model(self, text_model: nn.Module) -> nn.Module:
         """The network, from the text family's (backbone + pooling head)."""
