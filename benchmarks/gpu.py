@@ -36,7 +36,7 @@ CONFIGS = {
     "mvtec-efficientnet-b3": ("mvtec", ["experiment=efficientnet_b3"], 32, True),
     "armyworm-lite0": ("armyworm", [], 128, True),
     "armyworm-resnet50": ("armyworm", ["experiment=resnet50"], 64, True),
-    "codesim-bi-minilm": ("codesim", ["experiment=bi"], 64, False),
+    "codesim-bi-minilm": ("codesim", [], 64, False),
     "codesim-unixcoder": ("codesim", ["experiment=unixcoder"], 16, False),
     "growth-lite0-fusion": ("growth", ["model_kind=fusion", "folds=4"], 64, True),  # komatsuna: 4 plants
     "growth-resnet50-fusion": ("growth", ["experiment=fusion_resnet50", "folds=4"], 32, True),

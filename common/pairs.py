@@ -203,6 +203,28 @@ def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
     return inputs, (groups[a] == groups[b]).float()
 
 
+def ranking_loss(model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
+    """loss=mnrl: the batch's sampled positive pairs, one per group (a second pair of a group would be a false
+    negative of the first), ranked by sentence-transformers' MultipleNegativesRankingLoss: each anchor against every
+    other pair's positive. The batch's distinct items are embedded once."""
+    if GROUPS not in batch:
+        raise ConfigError("loss=mnrl needs in_batch_pairs=true (the batch's group codes tell its pairs apart)")
+    inputs = {k: v for k, v in batch.items() if k not in (*BOOKKEEPING, GROUPS, "a", "b")}
+    emb = model(**inputs)
+    a, b, groups = batch["a"], batch["b"], batch[GROUPS]
+    positive = (batch["target"] > 0).nonzero().view(-1).tolist()
+    first, seen = [], set()
+    for k in positive:
+        group = int(groups[a[k]])
+        if group not in seen:
+            seen.add(group)
+            first.append(k)
+    if len(first) < 2:  # nothing to rank against: a step without loss, gradients kept in the graph
+        return emb.sum() * 0
+    first = torch.tensor(first, device=a.device)
+    return loss_fn(emb[a[first]], emb[b[first]])
+
+
 class BiEncoder(nn.Module):
     """Siamese encoder: backbone -> mean pooling over the mask -> L2-normalised embedding; the output is the
     cosine similarity of the two sides, shape (batch, 1). In eval mode, embeddings are cached by content key;
@@ -223,9 +245,13 @@ class BiEncoder(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return nn.functional.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
 
-    def forward(self, input_ids, attention_mask, keys, a, b):
+    def forward(self, input_ids, attention_mask, keys, a=None, b=None):
+        """The cosine of each pair (a[k], b[k]) of the batch's distinct items; without a and b (training), the
+        items' embeddings (loss=mnrl ranks them)."""
         if self.training:
             emb = self.embed(input_ids, attention_mask)
+            if a is None:
+                return emb
         else:
             new = [r for r, k in enumerate(keys.tolist()) if k not in self.cache]
             if new:
@@ -433,8 +459,8 @@ class CrossPairs(PairEncoding):
 class BiPairs(PairEncoding):
     """encoder=bi: sentence-transformers style, one encoder embeds each text (max_len each), mean pooling,
     L2-normalised; the output is the cosine of the two embeddings (BiEncoder), trained with loss=cosine or
-    contrastive; symmetric, so nothing to average at TTA. in_batch_pairs=true: the loss over every pair of a
-    batch's distinct texts."""
+    contrastive (in_batch_pairs=true: over every pair of a batch's distinct texts) or mnrl (ranking_loss);
+    symmetric, so nothing to average at TTA."""
 
     loss_kind, default_loss = "pair_embedding", "cosine"
     in_batch_pairs = True
@@ -457,6 +483,8 @@ class BiPairs(PairEncoding):
         return BiEncoder(text_model.backbone)  # the cross-encoder's head is not used
 
     def train_loss(self, family, cfg, model, batch, loss_fn):
+        if family.loss_name(cfg) == "mnrl":
+            return ranking_loss(model, batch, loss_fn)
         if GROUPS not in batch:
             return family.train_loss(cfg, model, batch, loss_fn)
         inputs, y = in_batch_pairs(batch)
@@ -486,6 +514,7 @@ PAIR_DEFAULTS = {
     "hard_negatives": 5,         # BM25 top-k of other groups mined per training item (0: random negatives only)
     "hard_share": 0.5,           # share of negatives drawn from an item's hard negatives (the rest: random)
     "margin": 0.5,               # bi-encoder, loss=contrastive: negatives are pushed below this cosine
+    "mnrl_scale": 20.0,          # bi-encoder, loss=mnrl: cosines are multiplied by this before the softmax
     "in_batch_pairs": False,     # bi-encoder: the loss over every pair of a batch's distinct items (labelled by
                                  # group; positives and negatives weigh half each), not only the sampled pairs
 }

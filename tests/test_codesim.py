@@ -242,8 +242,7 @@ def tiny_runs(demo_data, tmp_path_factory):
     from common import api
     runs_dir = tmp_path_factory.mktemp("runs")
     runs = {}
-    for name, extra in (("cross", ["tta=true"]), ("bi", ["experiment=bi", "in_batch_pairs=false"]),
-                        ("bi-inbatch", ["experiment=bi", "in_batch_pairs=true"])):
+    for name, extra in (("cross", ["experiment=cross"]), ("bi", ["in_batch_pairs=false"]), ("bi-inbatch", [])):
         cfg = TASK.config([f"data_dir={demo_data}", f"runs_dir={runs_dir}", f"run_name={name}", *TINY, *extra])
         runs[name] = api.train(TASK, cfg)
     return runs
@@ -276,7 +275,7 @@ def test_bi_encoder_learns_on_the_real_corpus(tmp_path):
     runs above check the plumbing, this one that what comes out is a model (0.84 accuracy, AUC 0.87 when written)."""
     from common import api
     data = shared_data("code_similarity/atcoder_python_grouped")
-    cfg = TASK.config([f"data_dir={data}", f"runs_dir={tmp_path}", "run_name=learns", "experiment=bi", "folds=5",
+    cfg = TASK.config([f"data_dir={data}", f"runs_dir={tmp_path}", "run_name=learns", "folds=5",
                        "train_folds=[0]", "epochs=1", "pairs_per_epoch=64", "batch_size=16", "max_len=64",
                        "valid_positives=2"])
     run = api.train(TASK, cfg)
@@ -347,7 +346,7 @@ def test_in_batch_pairs_label_every_pair_of_distinct_programs_by_group():
 def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data):
     from common.errors import ConfigError
     from common.pairs import pair_batch
-    cfg = config(demo_data, "experiment=bi", "in_batch_pairs=true")
+    cfg = config(demo_data, "in_batch_pairs=true")
     seen = []
 
     def every_pair_at_cosine_one(input_ids, attention_mask, keys, a, b):
@@ -358,13 +357,33 @@ def test_in_batch_loss_weighs_positives_and_negatives_half_each(demo_data):
     # 10 pairs, 2 positives (loss 0) and 8 negatives (loss 1): balanced 0.5, where a plain mean would give 0.8
     assert seen == [10] and loss.item() == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="in_batch_pairs=true needs encoder=bi"):
-        TASK.in_batch(config(demo_data, "in_batch_pairs=true"))
+        TASK.in_batch(config(demo_data, "experiment=cross", "in_batch_pairs=true"))
+
+
+def test_mnrl_ranks_one_positive_pair_per_problem_with_sentence_transformers_loss(demo_data):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from common.errors import ConfigError
+    from common.pairs import pair_batch
+    items = [*in_batch_items(), {**in_batch_items()[0], "key_a": 15, "key_b": 16, "ids_a": [1, 5], "ids_b": [1, 6]},
+             {**in_batch_items()[0], "key_a": 13, "key_b": 17, "group_a": 1, "group_b": 1}]
+    batch = pair_batch(items, pad_id=0)  # positives: (10, 11) and (15, 16) of problem 0, (13, 17) of problem 1
+    emb = torch.nn.functional.normalize(torch.randn(len(batch["keys"]), 8), dim=-1)
+    cfg = config(demo_data, "in_batch_pairs=true", "loss=mnrl", "mnrl_scale=10")
+    loss = TASK.train_loss(cfg, lambda **inputs: emb, batch, TASK.loss_fn(cfg, None, None))
+    pos = {k: r for r, k in enumerate(batch["keys"].tolist())}
+    anchors, positives = emb[[pos[10], pos[13]]], emb[[pos[11], pos[17]]]  # the second pair of problem 0 is left out
+    expected = MultipleNegativesRankingLoss(model=None, scale=10).compute_loss_from_embeddings([anchors, positives], None)
+    assert loss.item() == pytest.approx(expected.item())
+    cfg = config(demo_data, "in_batch_pairs=false", "loss=mnrl")
+    with pytest.raises(ConfigError, match="loss=mnrl needs in_batch_pairs=true"):
+        TASK.train_loss(cfg, lambda **inputs: emb, pair_batch([{k: v for k, v in it.items() if "group" not in k}
+                                                              for it in items], 0), TASK.loss_fn(cfg, None, None))
 
 
 def test_in_batch_training_batches_carry_each_programs_problem(demo_data, tmp_path):
     from common.pairs import GROUPS
     from common.task import FoldContext
-    cfg = config(demo_data, "experiment=bi", "in_batch_pairs=true")
+    cfg = config(demo_data, "in_batch_pairs=true")
     train = TASK.load_train(cfg)
     ctx = FoldContext(fold=0, dir=tmp_path, run_dir=tmp_path)
     ctx.state = TASK.fit_fold(cfg, train[TASK.folds(cfg, train) == 1].reset_index(drop=True), tmp_path)

@@ -23,13 +23,13 @@ def test_a_misspelt_loss_is_refused_naming_the_closest():
         mvtec.loss_fn(mvtec.config(["loss=focall"]), pd.DataFrame({TARGET: [0, 1]}), None)
     codesim = CodesimTask()
     with pytest.raises(ConfigError, match="did you mean 'contrastive'"):
-        codesim.loss_fn(codesim.config(["experiment=bi", "loss=contrastve"]), None, None)
+        codesim.loss_fn(codesim.config(["loss=contrastve"]), None, None)
 
 
 def test_a_loss_of_another_kind_is_refused_saying_what_fits():
     codesim = CodesimTask()
     with pytest.raises(ConfigError, match="'cosine' is for a pair_embedding output; a binary output takes bce, mse"):
-        codesim.loss_name(codesim.config(["loss=cosine"]))  # the cross-encoder's output is one logit
+        codesim.loss_name(codesim.config(["experiment=cross", "loss=cosine"]))  # a cross-encoder's output: one logit
     usppm = UsppmTask()
     with pytest.raises(ConfigError, match="a regression output takes"):
         usppm.loss_name(usppm.config(["loss=ce"]))
@@ -42,8 +42,8 @@ def test_each_family_default_is_what_it_was():
     assert armyworm.loss_name(armyworm.config()) == "bce"             # image, binary, no loss key
     assert mvtec.config().loss == "ce"                                # image + imbalance keys, multiclass
     assert mvtec.loss_fn(mvtec.config(), pd.DataFrame({TARGET: [0, 1]}), None).loss == "ce"
-    assert codesim.loss_name(codesim.config()) == "bce"               # cross-encoder
-    assert codesim.loss_name(codesim.config(["experiment=bi", "loss=null"])) == "cosine"
+    assert codesim.loss_name(codesim.config(["experiment=cross", "loss=null"])) == "bce"  # cross-encoder
+    assert codesim.loss_name(codesim.config()) == "cosine"            # bi-encoder, codesim's default
 
 
 def test_losses_give_the_numbers_the_families_computed_before():
@@ -68,4 +68,4 @@ def test_losses_give_the_numbers_the_families_computed_before():
     assert torch.equal(activate("bce", logits), logits.sigmoid())
     assert torch.equal(activate("cosine", cos), cos.clamp(0, 1))
     assert torch.equal(activate("ce", classes), classes.softmax(-1))
-    assert set(LOSSES) == {"bce", "mse", "l1", "huber", "ce", "focal", "cosine", "contrastive"}
+    assert set(LOSSES) == {"bce", "mse", "l1", "huber", "ce", "focal", "cosine", "contrastive", "mnrl"}

@@ -16,7 +16,7 @@ DATA = "../shared/data/code_similarity/atcoder_python_grouped"
 
 def main(n: int) -> None:
     task = CodesimTask()
-    for extra in (["experiment=bi"], ["tta=false"], ["tta=true"]):
+    for extra in ([], ["experiment=cross", "tta=false"], ["experiment=cross", "tta=true"]):
         cfg = task.config([f"data_dir={DATA}", "max_len=128", "batch_size=32", *extra])
         df = task.load_train(cfg).sample(n, random_state=0).reset_index(drop=True)
         ctx = FoldContext(0, Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp()))
