@@ -33,7 +33,7 @@ IMAGE_DEFAULTS = {
     "weights": None,            # a local weights file for the backbone (else packaged / Kaggle input / hub)
     "image_cache": None,        # folder for pre-resized copies (decoded once, keyed by size); null -> off
     "channels_last": True,      # NHWC memory format: Lite0's training epochs 1.5x faster on a 2-core Xeon CPU in fp32
-                                # (README, Speed), and the usual choice for CNNs under mixed precision on GPUs
+                                # (docs/speed.md), and the usual choice for CNNs under mixed precision on GPUs
     "tta_transforms": ["hflip"],  # the views tta=true averages (ttach): hflip vflip rot90 multiply
     "bad_images": "error",      # a missing / unreadable image: error | skip (drop the row with a warning)
     "gradcam_layer": None,      # Grad-CAM target layer (module path); null -> the last convolutional stage

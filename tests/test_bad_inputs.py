@@ -1,6 +1,7 @@
-"""The bad-input survey (README): each bad input, given to the command a user would run, stops with exit code 2 and
-one line naming the file, row, column or key, before anything is trained. Inputs are small copies of the real
-samples in ../shared/data with one thing broken. The expected lines are the README table's, word for word."""
+"""The bad-input survey (docs/faults.md): each bad input, given to the command a user would run, stops with exit
+code 2 and one line naming the file, row, column or key, before anything is trained. Inputs are small copies of the
+real samples in ../shared/data with one thing broken. The expected lines are the docs/faults.md table's, word for
+word."""
 import json
 import shutil
 from pathlib import Path
