@@ -104,5 +104,5 @@ def make_dataset(dest: Path, n_problems: int = 30, n_test_problems: int = 8, see
 
 
 # The bi-encoder: a few dozen steps reach CV ~0.97 here; the cross-encoder needs more than a demo's minutes on
-# a CPU (ARGS="experiment=null" for it, with more pairs_per_epoch).
+# a CPU (ARGS="experiment=cross" for it, with more pairs_per_epoch).
 SETTINGS = {"epochs": 1, "folds": 3, "pairs_per_epoch": 96, "batch_size": 16, "max_len": 128}
