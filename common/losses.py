@@ -3,8 +3,8 @@ prediction. A family chooses the default (Task.default_loss); `check_loss` refus
 not fit the kind, naming the closest valid one. Losses are computed in fp32 whatever the forward pass ran in.
 
 Kinds of output: `regression` (one value), `binary` (one logit), `multiclass` (one logit per class) and
-`pair_embedding` (the cosine of two L2-normalised embeddings, trained towards a 0/1 label: common/pairs.py; or,
-for `mnrl`, trained by ranking: its fn takes the embeddings of anchors and their positives, not cosines and labels).
+`pair_embedding` (the cosine of two L2-normalised embeddings, trained towards a 0/1 label, or ranked (mnrl):
+common/pairs.py).
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def contrastive_loss(cos: torch.Tensor, y: torch.Tensor, margin: float = 0.5) ->
     return 0.5 * (y * d.pow(2) + (1 - y) * F.relu(margin - d).pow(2)).mean()
 
 
-def multiple_negatives_ranking(anchors: torch.Tensor, positives: torch.Tensor, mnrl_scale: float = 20.0) -> torch.Tensor:
+def multiple_negatives_ranking(anchors: torch.Tensor, positives: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
     """sentence-transformers' MultipleNegativesRankingLoss: row i of `positives` is anchor i's match and every other
     row its negative (softmax over the scaled cosines); rows must come from distinct groups."""
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    return MultipleNegativesRankingLoss(model=None, scale=mnrl_scale).compute_loss_from_embeddings(
+    return MultipleNegativesRankingLoss(model=None, scale=scale).compute_loss_from_embeddings(
         [anchors, positives], labels=None)
 
 
@@ -77,9 +77,9 @@ LOSSES = {
     "cosine": Loss(("pair_embedding",), mse, lambda cos: cos.view(-1, 1).clamp(0, 1)),
     "contrastive": Loss(("pair_embedding",), contrastive_loss, lambda cos: cos.view(-1, 1).clamp(0, 1),
                         config_keys=("margin",)),
-    # in-batch ranking of the batch's positive pairs (common/pairs.py BiPairs.train_loss); its fn takes embeddings
-    "mnrl": Loss(("pair_embedding",), multiple_negatives_ranking, lambda cos: cos.view(-1, 1).clamp(0, 1),
-                 config_keys=("mnrl_scale",)),
+    # trained with multiple_negatives_ranking over a batch's positive pairs (common/pairs.py ranking_loss); fn is
+    # a scored pair's loss (validation): the cosine's MSE to its label
+    "mnrl": Loss(("pair_embedding",), mse, lambda cos: cos.view(-1, 1).clamp(0, 1)),
 }
 
 

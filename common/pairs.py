@@ -35,6 +35,7 @@ from common.bm25 import bm25_hard_negatives, word_tokens
 from common.errors import ConfigError, DataError
 from common.folds import FoldSpec, make_folds
 from common.io import read_csv, write_csv
+from common.losses import multiple_negatives_ranking
 from common.submission import check_sample_ids
 from common.task import BOOKKEEPING, TARGET, read_frame
 from common.text import SWAP, TEXT_DEFAULTS, PaddingCollator, TextTask, drop_pooler, load_tokenizer, mean_pool
@@ -203,7 +204,7 @@ def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
     return inputs, (groups[a] == groups[b]).float()
 
 
-def ranking_loss(model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
+def ranking_loss(model: nn.Module, batch: dict, scale: float) -> torch.Tensor:
     """loss=mnrl: the batch's sampled positive pairs, one per group (a second pair of a group would be a false
     negative of the first), ranked by sentence-transformers' MultipleNegativesRankingLoss: each anchor against every
     other pair's positive. The batch's distinct items are embedded once."""
@@ -222,7 +223,7 @@ def ranking_loss(model: nn.Module, batch: dict, loss_fn) -> torch.Tensor:
     if len(first) < 2:  # nothing to rank against: a step without loss, gradients kept in the graph
         return emb.sum() * 0
     first = torch.tensor(first, device=a.device)
-    return loss_fn(emb[a[first]], emb[b[first]])
+    return multiple_negatives_ranking(emb[a[first]], emb[b[first]], scale)
 
 
 class BiEncoder(nn.Module):
@@ -484,7 +485,7 @@ class BiPairs(PairEncoding):
 
     def train_loss(self, family, cfg, model, batch, loss_fn):
         if family.loss_name(cfg) == "mnrl":
-            return ranking_loss(model, batch, loss_fn)
+            return ranking_loss(model, batch, cfg.mnrl_scale)
         if GROUPS not in batch:
             return family.train_loss(cfg, model, batch, loss_fn)
         inputs, y = in_batch_pairs(batch)
