@@ -371,6 +371,8 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **decision,
     }
+    if cfg.get("tuned_on_folds") is not None:
+        metrics.update(untuned_folds_cv(metric, oof, classes, threshold, bias, list(cfg.tuned_on_folds)))
     write_summary(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
@@ -398,3 +400,11 @@ def last_epoch_cv(task: Task, cfg: DictConfig, metric: Metric, run: Run, folds: 
                                 task.tunes_class_bias(cfg))
     return {"cv_last": scores_with_threshold(metric, oof, classes, threshold, bias)[0]}
 
+
+def untuned_folds_cv(metric: Metric, oof: pd.DataFrame, classes: list[str], threshold: float | None,
+                     bias, tuned_on: list[int]) -> dict:
+    """The CV over the OOF rows of the folds a study did not score when it chose this config (tuned_on_folds), under
+    the run's decision rule: free of the choice's optimism. None when the run trained no other fold."""
+    other = oof[~oof["fold"].isin(tuned_on)]
+    cv = scores_with_threshold(metric, other, classes, threshold, bias)[0] if len(other) else None
+    return {"tuned_on_folds": tuned_on, "cv_untuned_folds": cv}
