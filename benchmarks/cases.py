@@ -44,11 +44,11 @@ SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data")
 # "full": what `make bench` runs (minutes on 2 cores); "tiny": the smoke test's sizes (seconds).
 SIZES = {
     "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 3, "pad_anchors": 8,
-             "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "passes": 3, "ddp_rows": 1200,
-             "infer_rows": 300, "repeats": 3, "rounds": 3, "mpnet_rows": 600},
+             "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "shipped_photos": 200, "passes": 3,
+             "ddp_rows": 1200, "infer_rows": 300, "repeats": 3, "rounds": 3, "mpnet_rows": 600},
     "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
-             "pad_max_len": 64, "photos": 4, "photo_size": (600, 400), "passes": 2, "ddp_rows": 80,
-             "infer_rows": 16, "repeats": 2, "rounds": 2, "mpnet_rows": 40},
+             "pad_max_len": 96, "photos": 4, "photo_size": (600, 400), "shipped_photos": 16, "passes": 2,
+             "ddp_rows": 80, "infer_rows": 16, "repeats": 2, "rounds": 2, "mpnet_rows": 40},
 }
 
 
@@ -190,20 +190,24 @@ def whole_anchors(n_anchors: int, out_dir: Path) -> Path:
 
 
 def padding(size: dict, workdir: Path) -> list[dict]:
-    """Two inputs: CPC titles + grouped targets (long, near the cap) and CPC titles alone (short, far below it)."""
+    """Two inputs: CPC titles alone (short) at the competition's default cap, and CPC titles + grouped targets (long)
+    at the cap group_targets needs (pad_max_len; the default would cut them)."""
     data = whole_anchors(size["pad_anchors"], workdir / "usppm-anchors")
     common = [f"data_dir={data}", f"runs_dir={workdir / 'runs'}", "train_folds=[0]", f"epochs={size['epochs']}",
               "batch_size=16", f"cpc_titles={SHARED / 'usppm' / 'cpc_titles.csv'}"]
+    default_cap = UsppmTask().config().max_len  # competitions/usppm/config.yaml: what a user's run pads to
     lines = []
-    for name, extra, max_len in (("grouped", ["group_targets=true"], size["pad_max_len"]),
-                                 ("titles", [], size["pad_max_len"] // 2)):
+    for name, extra, max_len, cap in (
+            ("titles", [], default_cap, f"max_len {default_cap}, the competition's default"),
+            ("grouped", ["group_targets=true"], size["pad_max_len"],
+             f"max_len {size['pad_max_len']}, raised for group_targets: the default {default_cap} would cut them")):
         args = [*common, *extra, f"max_len={max_len}"]
         dynamic = statistics.median(kit_epochs(UsppmTask(), [*args, "group_by_length=true",
                                                              f"run_name=pad-{name}-dynamic"])[0])
         fixed = statistics.median(kit_epochs(UsppmPaddedToMax(), [*args, f"run_name=pad-{name}-max"])[0])
         lengths = token_lengths(workdir / "runs" / "usppm" / f"pad-{name}-dynamic", data)
         what = "CPC titles + group_targets" if extra else "CPC titles, no group_targets"
-        lines.append(line("dynamic padding", f"USPPPM, {what} (max_len {max_len}): dynamic padding with "
+        lines.append(line("dynamic padding", f"USPPPM, {what} ({cap}): dynamic padding with "
                           "length-grouped batches / every batch padded to max_len", "samples/s", dynamic, fixed, 2.5,
                           "dynamic + grouped", "padded to max_len",
                           f"tokens per input: median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}, "
@@ -222,18 +226,39 @@ def token_lengths(run_dir: Path, data: Path) -> np.ndarray:
 
 
 # ---- 3. image cache -------------------------------------------------------------------------------------
-def make_photos(n: int, wh: tuple[int, int], out_dir: Path) -> pd.DataFrame:
-    """n large JPEGs (real armyworm photos scaled up to wh) and their labels."""
-    import cv2
+def shipped_photos(n: int) -> pd.DataFrame:
+    """The first n armyworm photos as shipped in the shared data, and their labels."""
     train = pd.read_csv(SHARED / "armyworm" / "Train.csv").head(n)
+    return pd.DataFrame({"path": [str(SHARED / "armyworm" / "Images" / i) for i in train["Image_id"]],
+                         TARGET: train["Label"].astype(float).to_numpy()})
+
+
+def scaled_up(photos: pd.DataFrame, wh: tuple[int, int], out_dir: Path) -> pd.DataFrame:
+    """The photos resized to wh and written as JPEGs (quality 90) in out_dir: large photos of real leaves."""
+    import cv2
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for image_id in train["Image_id"]:
-        image = cv2.imread(str(SHARED / "armyworm" / "Images" / image_id))
-        path = out_dir / image_id
-        cv2.imwrite(str(path), cv2.resize(image, wh, interpolation=cv2.INTER_CUBIC), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    for source in photos["path"]:
+        path = out_dir / Path(source).name
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(source), wh, interpolation=cv2.INTER_CUBIC),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(str(path))
-    return pd.DataFrame({"path": paths, TARGET: train["Label"].astype(float).to_numpy()})
+    return photos.assign(path=paths)
+
+
+def long_sides(paths) -> str:
+    """The range of the images' longer sides, in words."""
+    from PIL import Image
+    sides = [max(Image.open(p).size) for p in paths]
+    return f"long side {min(sides)} px" if min(sides) == max(sides) else f"long side {min(sides)}-{max(sides)} px"
+
+
+def original_sizes() -> str:
+    """The competition's own photos (the shared data's image_manifest.csv lists them), in words."""
+    manifest = pd.read_csv(SHARED / "armyworm" / "image_manifest.csv")
+    side = np.maximum(manifest["orig_width"], manifest["orig_height"])
+    common = int(side.mode()[0])
+    return f"long side {common} px for {np.mean(side == common):.0%} of them, up to {side.max()} px"
 
 
 def images_per_s(task, cfg, frame: pd.DataFrame, passes: int) -> float:
@@ -250,16 +275,28 @@ def images_per_s(task, cfg, frame: pd.DataFrame, passes: int) -> float:
 
 
 def image_cache(size: dict, workdir: Path) -> list[dict]:
-    frame = make_photos(size["photos"], size["photo_size"], workdir / "photos")
+    """The cache on large photos (the shipped ones scaled up, near the size of the competition's largest) and on the
+    photos as shipped in the shared data (already small: what the cache saves there is less)."""
     task = ArmywormTask()
     base = [f"data_dir={SHARED / 'armyworm'}", f"image_size={size['image_size']}"]
     configure_threads(task.config(base))
-    cached = images_per_s(task, task.config([*base, f"image_cache={workdir / 'image-cache'}"]), frame, size["passes"])
-    decoded = images_per_s(task, task.config(base), frame, size["passes"])
     w, h = size["photo_size"]
-    return [line("image cache", f"{w} x {h} JPEGs to {size['image_size']} px, training pipeline: image_cache= / "
-                 "decoding and resizing the originals every epoch", "images/s", cached, decoded, 5.0,
-                 "cached", "decoded every epoch")]
+    shipped = shipped_photos(size["shipped_photos"])
+    sources = shipped.head(size["photos"])
+    large = scaled_up(sources, size["photo_size"], workdir / "photos")
+    inputs = [(f"{len(large)} JPEGs of {w} x {h}, the shipped photos ({long_sides(sources.path)}) scaled up (the "
+               f"competition's originals: {original_sizes()})", large, 5.0, "large"),
+              (f"{len(shipped)} JPEGs as shipped in shared/data/armyworm ({long_sides(shipped.path)})", shipped, None,
+               "shipped")]
+    lines = []
+    for what, frame, goal, name in inputs:
+        cached = images_per_s(task, task.config([*base, f"image_cache={workdir / f'image-cache-{name}'}"]), frame,
+                              size["passes"])
+        decoded = images_per_s(task, task.config(base), frame, size["passes"])
+        lines.append(line("image cache", f"{what} to {size['image_size']} px, training pipeline: image_cache= / "
+                          "decoding and resizing the originals every epoch", "images/s", cached, decoded, goal,
+                          "cached", "decoded every epoch"))
+    return lines
 
 
 # ---- 4. data parallel on the CPU ------------------------------------------------------------------------

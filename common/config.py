@@ -55,6 +55,8 @@ ENGINE_DEFAULTS = {
     "tracker": "none",          # none | tensorboard | mlflow | wandb: config, losses, lr and scores per fold, the CV
     "tracker_uri": None,        # mlflow: a tracking URI; null -> sqlite in the run folder (runs/<c>/<run>/mlflow.db)
     "tune": None,               # settings of `make <c>-tune` (common/tune.py); kept out of the trials' configs
+    "tuned_on_folds": None,     # the folds a study scored to choose this config (its best.yaml says so); metrics.json
+                                # then adds the CV over the other folds, which the choice never saw
     "kaggle": None,             # settings of `make <c>-push` (common/kaggle.py)
 }
 
@@ -82,7 +84,7 @@ RUNTIME_KEYS = {"num_workers", "num_threads", "test_file", "out", "tta", "data_d
 RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
 ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
               "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None,
-              "num_threads": lambda cfg: None, "compile": lambda cfg: False}
+              "num_threads": lambda cfg: None, "compile": lambda cfg: False, "tuned_on_folds": lambda cfg: None}
 # Runs from before the tricks trained without them.
 ADDED_KEYS.update({key: (lambda default: lambda cfg: default)(value) for key, value in TRICK_DEFAULTS.items()})
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from common import api
 from common.errors import NotFound, UserError
-from common.runs import Run
+from common.runs import LAST_OOF, Run
 
 KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository whose code is bundled
 MARKER = "kit-bundle.json"                       # how the kernel finds the dataset under /kaggle/input
@@ -53,7 +53,7 @@ SECRET_PATTERNS = (".env.*", "*.env", "*.pem", "*.key", "*.p12", "*secret*", "*a
 # Run files inference does not need (the kernel predicts the hidden test set itself). A fold folder keeps its
 # model and whatever fit_fold saved there (scalers, indexes), without resume state and logs.
 RUN_SKIP = ("oof.csv", "test_preds.csv", "preds_*.csv", "folds.csv", "plots", "kaggle")
-FOLD_SKIP = ("last", "last.old", "last.tmp", "oof.csv", "history.csv")
+FOLD_SKIP = ("last", "last.old", "last.tmp", "oof.csv", LAST_OOF, "history.csv")
 
 
 class KaggleError(UserError):

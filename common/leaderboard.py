@@ -1,10 +1,11 @@
 """A local leaderboard of a competition's runs (make <c>-runs [ARGS="sort=... top=... where=... out=runs.csv"], printed
 by common/cli.py).
 
-One row per run folder under runs/<c>/, best first by the metric's direction: CV and per-fold scores, the config keys
-that differ between the runs shown, epochs, wall time, peak memory, whether it has test predictions and a submission,
-and a blend's weights. A run without metrics.json (killed, or still training) is shown as unfinished with how many
-folds are done, never with a score.
+One row per run folder under runs/<c>/, best first by the metric's direction: CV (each fold at its best epoch),
+cv_last (each fold at its last epoch: the gap is what picking the best epoch on the fold's own rows adds), per-fold
+scores, the config keys that differ between the runs shown, epochs, wall time, peak memory, whether it has test
+predictions and a submission, and a blend's weights. A run without metrics.json (killed, or still training) is shown
+as unfinished with how many folds are done, never with a score.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from common.metrics import get_metric
 from common.runs import Run
 from common.task import Task
 
-FIXED_COLUMNS = ["run", "status", "cv", "folds", "epochs", "wall_time", "peak_mem_mb", "test_preds", "submission",
-                 "blend"]
+FIXED_COLUMNS = ["run", "status", "cv", "cv_last", "folds", "epochs", "wall_time", "peak_mem_mb", "test_preds",
+                 "submission", "blend"]
 NOT_COMPARED = RUNTIME_KEYS | {"run_name", "experiment"}
 
 
@@ -47,6 +48,7 @@ def run_row(task: Task, run: Run, submissions_dir: Path) -> tuple[dict, dict]:
     row = {
         "run": run.name, "status": status,
         "cv": metrics["cv"] if metrics else np.nan,
+        "cv_last": metrics.get("cv_last", np.nan) if metrics else np.nan,  # each fold's last epoch; none for a blend
         "folds": ", ".join(f"{s:.4f}" for s in metrics["folds"]) if metrics else "",
         "epochs": cfg.get("epochs"),
         "wall_time": _duration(metrics.get("wall_time_s")) if metrics else "",

@@ -172,12 +172,19 @@ def score_with_bias_from_other_folds(metric: Metric, y: np.ndarray, p: np.ndarra
     return metric(y, scores)
 
 
+def tune_rule(metric: Metric, y: np.ndarray, p: np.ndarray, thresholded: bool,
+              class_bias: bool) -> tuple[float | None, np.ndarray | None]:
+    """(threshold or None, class biases or None): the decision rule tuned on these OOF predictions."""
+    threshold = tune_threshold(y, p[:, 0], metric) if thresholded else None
+    bias = tune_class_bias(y, p, metric) if class_bias else None
+    return threshold, bias
+
+
 def tune_decision(metric: Metric, y: np.ndarray, p: np.ndarray, folds: np.ndarray, classes: list[str],
                   thresholded: bool, class_bias: bool) -> tuple[float | None, np.ndarray | None, dict]:
     """The decision rule of a run or blend, tuned on its OOF: (threshold or None, class biases or None, the
     figures metrics.json gives beside the CV: the untuned score and the score of the rule tuned on other folds)."""
-    threshold = tune_threshold(y, p[:, 0], metric) if thresholded else None
-    bias = tune_class_bias(y, p, metric) if class_bias else None
+    threshold, bias = tune_rule(metric, y, p, thresholded, class_bias)
     several = len(np.unique(folds)) > 1
     figures = {}
     if threshold is not None:

@@ -2,12 +2,12 @@
 
     config.yaml      resolved config            folds.csv     id, fold (-1: in no fold)
     classes.json     prediction columns         oof.csv       id, fold, target, <prediction columns>
-    metrics.json     {"metric", "greater_is_better", "cv", "folds": [...]}
+    metrics.json     {"metric", "greater_is_better", "cv", "cv_last", "folds": [...], ...}
     threshold.json   the cut tuned on OOF (binary tasks scored on labels); submit uses it
     class_bias.json  per-class biases tuned on OOF (multiclass tasks scored on labels, class_bias=true); submit too
     blend.json       a blend's recipe (runs, weights, rank); a blend has no fold folders
     fold<k>/         model.safetensors or model.joblib (best), fitted fold state, last/ (resume state),
-                     oof.csv, history.csv, done.json
+                     oof.csv (best epoch), oof_last.csv (last epoch), history.csv, done.json
     plots/           learning curves, confusion matrix / OOF scatter / ROC, Grad-CAM
     test_preds.csv   id, <prediction columns> (after infer)
 """
@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from common.config import config_diff, merge_checked, override_config, to_yaml, upgrade
 from common.errors import ConfigError, NotFound
 from common.io import atomic_path, read_json, write_json
+
+LAST_OOF = "oof_last.csv"  # a fold's OOF predictions at its last evaluation (oof.csv: at its best)
 
 
 class Run:

@@ -33,9 +33,9 @@ from common.errors import ConfigError, NotFound
 from common.estimator import train_estimator_fold
 from common.folds import assign_folds, fold_split, in_train_order, load_train_frame, oof_frame
 from common.io import read_csv, read_json, write_csv, write_json
-from common.metrics import decided, get_metric, scores_with_threshold, tune_decision
+from common.metrics import Metric, decided, get_metric, scores_with_threshold, tune_decision, tune_rule
 from common.predict import predict_dataloader, predict_loader
-from common.runs import Run
+from common.runs import LAST_OOF, Run
 from common.summary import write_summary
 from common.task import TARGET, FoldContext, Task
 from common.threads import one_thread_worker
@@ -100,8 +100,8 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
 
     if accelerator.is_main_process:
         metrics = summarize(task, cfg, run, train_df, classes, started)
-        accelerator.log({"cv": metrics["cv"],
-                         **{f"fold{f}/best": s for f, s in zip(run.finished_folds(), metrics["folds"])}})
+        accelerator.log({key: metrics[key] for key in ("cv", "cv_last") if key in metrics}
+                        | {f"fold{f}/best": s for f, s in zip(run.finished_folds(), metrics["folds"])})
     for tracker in accelerator.trackers:  # not end_training(): it also ends the process group, which a caller
         tracker.finish()                  # (tune, a notebook, torchrun's next run) may still use
     accelerator.wait_for_everyone()
@@ -211,6 +211,9 @@ class FoldLoop:
         self.fold_dir = run.fold_dir(fold)
         self.metric = get_metric(task.metric)
         self.ema, self.awp = None, None
+        # The latest evaluation's predictions, written as the fold's oof_last.csv when it finishes: the fold's last
+        # evaluation always runs in the process that finishes it (no resume state is saved after it).
+        self.last_preds = None
         self.state = {"epoch": 0, "step": 0, "batch": 0, "loss_sum": 0.0, "best_score": None, "best_epoch": None,
                       "bad_evals": 0, "history": [], "elapsed_s": 0.0}
         self.clock = time.perf_counter()  # the fold's wall clock (continued after a resume): elapsed_s in history
@@ -302,6 +305,7 @@ class FoldLoop:
         preds, valid_loss = predict_loader(self.task, self.cfg, self.accelerator, model, self.valid_dl,
                                            self.loss_fn)
         score = metric(self.val[TARGET].to_numpy(), preds)
+        self.last_preds = preds
         improved = metric.better(score, state["best_score"])
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_evals=0)
@@ -330,6 +334,8 @@ class FoldLoop:
 
     def finish(self) -> None:
         if self.accelerator.is_main_process:
+            if self.last_preds is not None:
+                write_csv(oof_frame(self.task, self.val, self.last_preds, self.classes), self.fold_dir / LAST_OOF)
             write_json({"fold": self.fold, "best_score": self.state["best_score"],
                         "best_epoch": self.state["best_epoch"]}, self.fold_dir / "done.json")
             shutil.rmtree(self.fold_dir / "last", ignore_errors=True)  # the resume state is no longer needed
@@ -346,8 +352,7 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
     done = run.finished_folds()
     if not done:
         raise NotFound(f"{run.dir}: no finished fold")
-    oof = pd.concat([read_csv(run.fold_dir(f) / "oof.csv") for f in done], ignore_index=True)
-    oof = in_train_order(task, oof, train_df)
+    oof = folds_oof(task, run, done, "oof.csv", train_df)
     write_csv(oof, run.oof_path)
     threshold, bias, decision = tune_decision(metric, oof["target"].to_numpy(), oof[classes].to_numpy(),
                                               oof["fold"].to_numpy(), classes, task.thresholded,
@@ -358,6 +363,7 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
         "metric": metric.name,
         "greater_is_better": metric.greater_is_better,
         "cv": cv,
+        **last_epoch_cv(task, cfg, metric, run, done, train_df, classes, cv),
         "folds": fold_scores,
         "best_epochs": [read_json(run.fold_dir(f) / "done.json")["best_epoch"] for f in done],
         "n_rows": len(oof),
@@ -365,8 +371,40 @@ def summarize(task: Task, cfg: DictConfig, run: Run, train_df: pd.DataFrame, cla
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **decision,
     }
+    if cfg.get("tuned_on_folds") is not None:
+        metrics.update(untuned_folds_cv(metric, oof, classes, threshold, bias, list(cfg.tuned_on_folds)))
     write_summary(metrics, run.metrics_path)
     history = pd.concat([read_csv(run.fold_dir(f) / "history.csv") for f in done], ignore_index=True)
     plots.learning_curves(history, metric.name, run.plots_dir / "learning_curves.png")
     task.plots(run.config(), decided(oof, classes, bias), classes, run.plots_dir)
     return metrics
+
+
+def folds_oof(task: Task, run: Run, folds: list[int], name: str, train_df: pd.DataFrame) -> pd.DataFrame:
+    """The folds' OOF files `name` (oof.csv, oof_last.csv) as one frame in train order."""
+    oof = pd.concat([read_csv(run.fold_dir(f) / name) for f in folds], ignore_index=True)
+    return in_train_order(task, oof, train_df)
+
+
+def last_epoch_cv(task: Task, cfg: DictConfig, metric: Metric, run: Run, folds: list[int], train_df: pd.DataFrame,
+                  classes: list[str], cv: float) -> dict:
+    """{"cv_last": the CV of each fold's last evaluation}, its decision rule tuned on its own OOF as the CV's is: the
+    gap to the CV is what picking each fold's best epoch on its own validation rows adds. A model without epochs (an
+    estimator) has only one: cv. {} when a fold was trained before folds kept oof_last.csv."""
+    if task.estimator(cfg) is not None:
+        return {"cv_last": cv}
+    if not all((run.fold_dir(f) / LAST_OOF).is_file() for f in folds):
+        return {}
+    oof = folds_oof(task, run, folds, LAST_OOF, train_df)
+    threshold, bias = tune_rule(metric, oof["target"].to_numpy(), oof[classes].to_numpy(), task.thresholded,
+                                task.tunes_class_bias(cfg))
+    return {"cv_last": scores_with_threshold(metric, oof, classes, threshold, bias)[0]}
+
+
+def untuned_folds_cv(metric: Metric, oof: pd.DataFrame, classes: list[str], threshold: float | None,
+                     bias, tuned_on: list[int]) -> dict:
+    """The CV over the OOF rows of the folds a study did not score when it chose this config (tuned_on_folds), under
+    the run's decision rule: free of the choice's optimism. None when the run trained no other fold."""
+    other = oof[~oof["fold"].isin(tuned_on)]
+    cv = scores_with_threshold(metric, other, classes, threshold, bias)[0] if len(other) else None
+    return {"tuned_on_folds": tuned_on, "cv_untuned_folds": cv}

@@ -13,7 +13,8 @@ runs/<c>/<study>/journal.log (several worker processes on one machine: SQLite lo
 The same command resumes a study: `tune.n_trials` counts the study's finished trials, over every invocation and
 worker. A trial whose process was killed is retried with its parameters in its own run folder, where the trainer
 resumes after the last finished epoch. Results land in runs/<c>/<study>/: best.yaml (an override file `train` takes
-as experiment=...), trials.csv and plots/ (history, parameter importance, parallel coordinates).
+as experiment=...; its tuned_on_folds names the study's folds, so the run reports its CV on the other folds apart),
+trials.csv and plots/ (history, parameter importance, parallel coordinates).
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def tune(task: Task, cfg: DictConfig, settings: DictConfig | None = None) -> opt
                        catch=(StudyFull, torch.OutOfMemoryError),  # an out-of-memory trial fails, the study goes on
                        callbacks=[lambda s, t: retry_dead_trials(s),
                                   optuna.study.MaxTrialsCallback(settings.n_trials, states=COUNTED)])
-    report_study(study, study_dir, settings, metric.name, task.name)
+    report_study(study, study_dir, folds, metric.name, task.name)
     return study
 
 
@@ -260,9 +261,10 @@ def _alive(pid) -> bool:
     return True
 
 
-def report_study(study: optuna.Study, study_dir: Path, settings: DictConfig, metric_name: str,
+def report_study(study: optuna.Study, study_dir: Path, folds: list[int], metric_name: str,
                  competition: str) -> None:
-    """trials.csv, best.yaml and the plots; print the best trial and how to train with it."""
+    """trials.csv, best.yaml (the best parameters and tuned_on_folds: the folds that chose them) and the plots;
+    print the best trial and how to train with it."""
     trials = study.get_trials(deepcopy=False)
     if trials:
         write_csv(study.trials_dataframe(), study_dir / "trials.csv")
@@ -276,11 +278,12 @@ def report_study(study: optuna.Study, study_dir: Path, settings: DictConfig, met
     params = OmegaConf.create({})
     for key, value in best.params.items():
         OmegaConf.update(params, key, value)
+    params.tuned_on_folds = folds  # a run trained with it reports its CV on the other folds apart
     best_path = study_dir / "best.yaml"
     with atomic_path(best_path) as tmp:
         tmp.write_text(f"# Best of study {study.study_name!r}: trial {best.number} "
                        f"({best.user_attrs.get('run_name')}), {metric_name} {best.value:.5f} on folds "
-                       f"{list(settings.folds) if settings.folds is not None else 'all'}.\n"
+                       f"{folds}.\n"
                        f"# Train with it: make {competition}-train ARGS=\"experiment={best_path}\"\n"
                        + OmegaConf.to_yaml(params))
     save_plots(study, study_dir / "plots", len(complete))

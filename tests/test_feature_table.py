@@ -61,6 +61,7 @@ def test_a_plain_table_trains_predicts_submits_and_blends(houses, workdir):
     run = api.train(task, task.config(["run_name=a"]))
     metrics = run.metrics()
     assert metrics["metric"] == "pearson" and metrics["cv"] > 0.95 and len(metrics["folds"]) == 4
+    assert metrics["cv_last"] == metrics["cv"]  # trees have no epochs: the last is the one
     oof = pd.read_csv(run.dir / "oof.csv")
     assert len(oof) == 200 and metrics["cv"] == pytest.approx(pearson(oof["target"], oof["pred"]))
     folds = pd.read_csv(run.dir / "folds.csv").assign(street=pd.read_csv(workdir / "data/train.csv")["street"])

@@ -83,7 +83,8 @@ def test_training_killed_at_random_points_resumes_to_the_same_oof_bit_for_bit(ch
     ref, k = workdir / "runs/toy/ref", workdir / "runs/toy/k"
     assert (k / "oof.csv").read_bytes() == (ref / "oof.csv").read_bytes(), "OOF bit for bit"
     m_ref, m_k = json.loads((ref / "metrics.json").read_text()), json.loads((k / "metrics.json").read_text())
-    assert (m_k["cv"], m_k["folds"], m_k["best_epochs"]) == (m_ref["cv"], m_ref["folds"], m_ref["best_epochs"])
+    assert (m_k["cv"], m_k["cv_last"], m_k["folds"], m_k["best_epochs"]) == (
+        m_ref["cv"], m_ref["cv_last"], m_ref["folds"], m_ref["best_epochs"])
     for fold in (0, 1):
         history_k, history_ref = (pd.read_csv(r / f"fold{fold}/history.csv") for r in (k, ref))
         assert (history_k["elapsed_s"] > 0).all() and history_k["elapsed_s"].is_monotonic_increasing
@@ -91,6 +92,7 @@ def test_training_killed_at_random_points_resumes_to_the_same_oof_bit_for_bit(ch
         pd.testing.assert_frame_equal(history_k.drop(columns=clock), history_ref.drop(columns=clock),
                                       check_exact=True)  # everything but the wall clock, bit for bit
         assert (k / f"fold{fold}/model.safetensors").read_bytes() == (ref / f"fold{fold}/model.safetensors").read_bytes()
+        assert (k / f"fold{fold}/oof_last.csv").read_bytes() == (ref / f"fold{fold}/oof_last.csv").read_bytes()
         assert not (k / f"fold{fold}/last").exists() and not (k / f"fold{fold}/last.old").exists()
 
 

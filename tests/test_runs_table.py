@@ -14,6 +14,7 @@ import pytest
 
 from common import api, cli, leaderboard
 from common.errors import ConfigError
+from common.metrics import accuracy, get_metric, tune_threshold
 from common.runs import Run
 from tests.conftest import REPO
 
@@ -27,6 +28,7 @@ def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unf
     (a.dir.parent / "killed/fold2/done.json").unlink()
     api.submit(pair_task, b)
 
+    capsys.readouterr()  # the training's lines: what follows is the table's print alone
     table = cli.runs(pair_task, [])
     printed = capsys.readouterr().out
     finished = table[table.status != "unfinished (2/3 folds)"]
@@ -42,6 +44,11 @@ def test_the_runs_table_is_best_first_shows_what_differs_and_never_scores_an_unf
     assert rows.loc["blend", "blend"] == ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
     assert rows.loc["blend", "status"] == "blend"
     assert rows.loc["a", "folds"] == ", ".join(f"{s:.4f}" for s in a.metrics()["folds"])
+    assert "cv_last" in printed.splitlines()[1] and pd.isna(rows.loc["blend", "cv_last"])
+    # cv_last: the folds' last-epoch OOF, cut where it scores best, as the CV's own OOF is (a thresholded task)
+    last = pd.concat([pd.read_csv(a.fold_dir(f) / "oof_last.csv") for f in range(3)])
+    cut = tune_threshold(last["target"].to_numpy(), last["pred"].to_numpy(), get_metric("accuracy"))
+    assert rows.loc["a", "cv_last"] == pytest.approx(accuracy(last["target"], last["pred"] >= cut))
 
     only = cli.runs(pair_task, ["where=status == 'finished' and lr < 0.03", "top=1", "out=runs.csv"])
     assert list(only.run) == ["a"] and pd.read_csv("runs.csv").run.tolist() == ["a"]

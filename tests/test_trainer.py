@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.metrics import pearson
 from common.task import TARGET, Task
 from common import api
 from common.trainer import create_optimizer, train
@@ -81,6 +82,25 @@ def test_learning_actually_happens_and_cv_is_reported(toy):
     task, config = toy
     metrics = train(task, config("run_name=learn", "epochs=8", "lr=3e-2")).metrics()
     assert metrics["cv"] > 0.9 and len(metrics["folds"]) == 2 and metrics["greater_is_better"]
+
+
+def test_metrics_give_the_cv_of_each_folds_last_epoch_beside_its_best(toy, capsys):
+    task, config = toy
+    # A constant learning rate that overshoots: fold 1 is best at epoch 1, so the two CVs differ.
+    run = train(task, config("run_name=last", "epochs=3", "scheduler=constant", "lr=0.3", "head_lr=0.3"))
+    metrics = run.metrics()
+    assert metrics["best_epochs"] != [3, 3] and metrics["cv_last"] < metrics["cv"]
+    last = pd.concat([pd.read_csv(run.fold_dir(f) / "oof_last.csv") for f in (0, 1)])
+    assert metrics["cv_last"] == pytest.approx(pearson(last["target"], last["pred"]))
+    for fold in (0, 1):  # each fold's file holds its last epoch's predictions, as its history scored them
+        oof_last = pd.read_csv(run.fold_dir(fold) / "oof_last.csv")
+        assert history(run.config(), fold)["score"].iloc[-1] == pytest.approx(
+            pearson(oof_last["target"], oof_last["pred"]))
+    assert (f"CV pearson: {metrics['cv']:.4f} (best epoch per fold) | last epoch {metrics['cv_last']:.4f}"
+            in capsys.readouterr().out)
+
+    one = train(task, config("run_name=one-epoch", "epochs=1")).metrics()
+    assert one["cv_last"] == one["cv"]
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_gain(toy):
@@ -160,6 +180,7 @@ def test_a_run_trained_a_fold_at_a_time_sums_up_every_finished_fold(toy):
     assert (run.fold_dir(0) / "model.safetensors").stat().st_mtime_ns == fold0  # fold 0 kept, not retrained
     assert run.metrics()["cv"] == pytest.approx(whole.metrics()["cv"])
     assert run.metrics()["folds"] == pytest.approx(whole.metrics()["folds"])
+    assert run.metrics()["cv_last"] == pytest.approx(whole.metrics()["cv_last"])  # fold 0's last epoch kept too
     pd.testing.assert_frame_equal(pd.read_csv(run.oof_path), pd.read_csv(whole.oof_path))
 
 
@@ -176,6 +197,9 @@ def test_mid_epoch_resume_gives_the_same_oof_as_an_uninterrupted_run(pair_task, 
     a, b = pd.read_csv(full.oof_path), pd.read_csv(resumed.oof_path)
     assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "bit-for-bit on the CPU"
     assert resumed.metrics()["cv"] == full.metrics()["cv"]
+    a, b = (pd.read_csv(run.fold_dir(0) / "oof_last.csv") for run in (full, resumed))
+    assert np.array_equal(a.pred.to_numpy(), b.pred.to_numpy()), "the last epoch's OOF too"
+    assert resumed.metrics()["cv_last"] == full.metrics()["cv_last"]
 
 
 @pytest.mark.parametrize("native", [True, False])

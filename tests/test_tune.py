@@ -15,9 +15,11 @@ from optuna.trial import TrialState
 from common import tune
 from common import cli
 from common.config import command_section
+from common.metrics import pearson
 from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
 from tests.conftest import REPO, shared_data
+from tests.toykit import ToyTask, make_data
 
 TASK = UsppmTask()
 TINY = ["limit=60", "folds=2", "max_len=16", "batch_size=32"]
@@ -114,6 +116,22 @@ def test_a_diverging_trial_is_pruned_after_its_first_epoch(workdir):
     assert bad.state == TrialState.PRUNED and sorted(bad.intermediate_values) == [1], "stopped before epoch 2"
     assert list(pd.read_csv(workdir / "runs/usppm/prune-t1/fold0/history.csv")["epoch"]) == [1]
     assert OmegaConf.load(workdir / "runs/usppm/prune/best.yaml").lr == pytest.approx(1e-4)
+
+
+def test_a_run_trained_from_best_yaml_reports_its_cv_on_the_folds_the_study_did_not_score(workdir, capsys):
+    task = ToyTask()  # the toy competition: a study in seconds
+    common = [f"data_dir={make_data(workdir / 'data')}", "epochs=1"]
+    cli.tune(task, [*common, "run_name=study", "tune.n_trials=2", "tune.pruner=none", "tune.folds=[1]"])
+    best = workdir / "runs/toy/study/best.yaml"
+    assert OmegaConf.load(best).tuned_on_folds == [1]
+
+    run = cli.train(task, [*common, f"experiment={best}", "run_name=chosen"])
+    metrics, oof = run.metrics(), pd.read_csv(run.oof_path)
+    other = oof[oof["fold"] != 1]
+    assert metrics["tuned_on_folds"] == [1] and sorted(other["fold"].unique()) == [0, 2]
+    assert metrics["cv_untuned_folds"] == pytest.approx(pearson(other["target"], other["pred"]))
+    assert (f"folds [1] chose this setting; cv on the other folds: {metrics['cv_untuned_folds']:.4f}"
+            in capsys.readouterr().out)
 
 
 def test_a_competition_without_a_tune_section_gets_the_defaults():
