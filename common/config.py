@@ -77,8 +77,8 @@ ENGINE_DEFAULTS.update(TRICK_DEFAULTS)
 
 # Keys that may differ when an existing run is resumed or used for inference. train_folds among them: a run can be
 # trained a few folds at a time (fold 0 first, the rest later or on another machine) and sums up every finished one.
-RUNTIME_KEYS = {"num_workers", "num_threads", "test_file", "out", "tta", "runtime", "quantize", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
-                "tracker", "tracker_uri", "train_folds", "class_bias"}
+RUNTIME_KEYS = {"num_workers", "num_threads", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
+                "tracker", "tracker_uri", "train_folds", "class_bias", "runtime", "quantize"}
 
 # Runs written before a key was renamed or added still load: old name -> new name, and the value that reproduces
 # what those runs did (fold_seed: folds were drawn with the training seed).

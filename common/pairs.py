@@ -204,7 +204,7 @@ def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
 
 
 class EmbeddingCache:
-    """Each distinct item embedded once, by content key: embed(input_ids, attention_mask) -> unit vectors is called
+    """Each distinct item embedded once, by content key: embed(input_ids=, attention_mask=) -> unit vectors is called
     only for the keys it has not seen, in chunks, each cut to its own longest row. The torch BiEncoder (eval mode)
     and its ONNX Runtime twin (BiEncoder.onnx_runner) share it."""
 
@@ -222,8 +222,9 @@ class EmbeddingCache:
             ids, mask = input_ids[rows], attention_mask[rows]
             width = int(mask.sum(1).max().clamp(min=1))  # the new items may be shorter than the batch
             for s in range(0, len(new), self.chunk):
-                out = self.embed(ids[s:s + self.chunk, :width], mask[s:s + self.chunk, :width])
-                for r, e in zip(new[s:s + self.chunk], out):
+                part = slice(s, s + self.chunk)
+                out = self.embed(input_ids=ids[part, :width], attention_mask=mask[part, :width])
+                for r, e in zip(new[part], out):
                     self.store[int(keys[r])] = e.detach()
         return torch.stack([self.store[int(k)] for k in keys.tolist()])
 

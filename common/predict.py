@@ -121,6 +121,8 @@ def export_graphs(task: Task, run: Run, cfg: DictConfig, frame: pd.DataFrame) ->
     n_outputs = len(run.classes())
     for fold in run.finished_folds():
         ctx = fold_context(task, cfg, run, fold)
+        if (ctx.dir / ESTIMATOR_FILE).is_file():  # trees: no network to export, they predict as they are
+            continue
         loader = predict_dataloader(task, cfg, frame.head(cfg.batch_size).reset_index(drop=True), "test", ctx)
         fold_graph_runner(task, cfg, run, ctx, n_outputs, loader, accelerator)
         paths.append(ctx.dir / onnx_runtime.graph_file(cfg.quantize))
