@@ -36,7 +36,10 @@ RUNS_ARGS = {
     "where": None,  # a pandas query over the columns, e.g. "status == 'finished' and lr < 1e-4"
     "out": None,    # also write the table: .csv, .md or .html
 }
-PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None}
+PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None,
+             "runtime": None,    # what the kernel predicts with: torch | onnx; null -> onnx if the run has graphs
+             "quantize": None,   # int8: the kernel runs int8 graphs (runtime=onnx)
+             "data_dir": None}   # runtime=onnx: where the test rows to export from are; null -> the run's
 
 DASHBOARD_ARGS = {"run_name": None, "runs_dir": "runs", "storage": None, "host": "127.0.0.1", "port": 8080}
 GRADCAM_ARGS = {"run2": None, "n": 8, "cam_target": "predicted"}  # the other key=value arguments are run config keys
@@ -144,8 +147,8 @@ def runtime_change(task: Task, run: Run, overrides: dict, scores: dict, oof: pd.
     gap = float((oof.set_index(rows)[columns] - torch_oof.set_index(rows)[columns]).abs().max().max())
     own = run.metrics()["cv"]
     setting = " ".join(f"{k}={overrides.get(k)}" for k in ("runtime", "quantize") if overrides.get(k))
-    return (f"{setting}: {scores['metric']} {scores['cv']:.4f} against {own:.4f} with torch ({scores['cv'] - own:+.4f}); "
-            f"largest prediction gap {gap:.2e}")
+    return (f"{setting}: {scores['metric']} {scores['cv']:.4f} against {own:.4f} with torch "
+            f"({scores['cv'] - own:+.4f}); largest prediction gap {gap:.2e}")
 
 
 def ensemble(task: Task, argv: list[str] | None = None) -> Run:
@@ -193,7 +196,8 @@ def push(task: Task, argv: list[str] | None = None) -> Path:
     args = command_args(overrides, PUSH_ARGS, "push")
     run = Run.open(task.name, args.run_name, args.runs_dir)
     settings = command_section("kaggle", kaggle.KAGGLE_DEFAULTS, run.config(), ours)
-    return kaggle.push(task, run, settings, bool(args.dry_run), args.out)
+    runtime = {k: args[k] for k in ("runtime", "quantize", "data_dir") if args[k] is not None}
+    return kaggle.push(task, run, settings, bool(args.dry_run), args.out, runtime)
 
 
 def download(task: Task, argv: list[str] | None = None) -> Path:

@@ -37,8 +37,9 @@ ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 OPSET = 18
 
 
-def uses_onnx(cfg: DictConfig) -> bool:
-    """Whether cfg predicts with ONNX Runtime; a bad runtime= / quantize= or a missing package is a ConfigError."""
+def uses_onnx(cfg: DictConfig | dict) -> bool:
+    """Whether cfg (a config, or a dict of runtime= and quantize=) predicts with ONNX Runtime; a bad runtime= /
+    quantize= or a missing package is a ConfigError."""
     runtime, quantize = cfg.get("runtime") or "torch", cfg.get("quantize")
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be torch or onnx, got {runtime!r}")
