@@ -173,8 +173,8 @@ def export(module: nn.Module, example: dict, path: Path) -> Path:
 
 
 def quantize_int8(source: Path, dest: Path) -> Path:
-    """onnxruntime's dynamic quantization: int8 weights (QInt8) of MatMul / Gemm, activations quantized on the fly.
-    It pays for transformer encoders (matmul-bound); convolutions keep fp32 kernels (see docs/onnx.md)."""
+    """onnxruntime's dynamic quantization: int8 weights (QInt8), activations quantized on the fly. It pays for
+    transformer encoders (matmul-bound); it makes CNNs slower (ConvInteger: Lite0 13x slower, docs/onnx.md)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     with atomic_path(dest) as tmp:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
