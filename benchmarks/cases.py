@@ -36,6 +36,7 @@ from common.threads import configure_threads
 from common.folds import fold_split, load_train_frame
 from common.trainer import create_optimizer, fit_context
 from competitions.armyworm.task import ArmywormTask
+from competitions.codesim.task import CodesimTask
 from competitions.usppm.task import UsppmTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,10 @@ SHARED = Path(os.environ.get("KIT_SHARED_DATA", REPO.parent / "shared" / "data")
 SIZES = {
     "full": {"text_rows": 2000, "image_rows": 400, "image_size": 192, "epochs": 3, "pad_anchors": 8,
              "pad_max_len": 256, "photos": 24, "photo_size": (3000, 2000), "shipped_photos": 200, "passes": 3,
-             "ddp_rows": 1200, "infer_rows": 300, "repeats": 3, "rounds": 3, "mpnet_rows": 600},
+             "ddp_rows": 1200, "infer_rows": 300, "repeats": 3, "rounds": 3, "mpnet_rows": 600, "code_pairs": 960},
     "tiny": {"text_rows": 80, "image_rows": 40, "image_size": 64, "epochs": 2, "pad_anchors": 5,
              "pad_max_len": 96, "photos": 4, "photo_size": (600, 400), "shipped_photos": 16, "passes": 2,
-             "ddp_rows": 80, "infer_rows": 16, "repeats": 2, "rounds": 2, "mpnet_rows": 40},
+             "ddp_rows": 80, "infer_rows": 16, "repeats": 2, "rounds": 2, "mpnet_rows": 40, "code_pairs": 16},
 }
 
 
@@ -387,8 +388,53 @@ def precision(size: dict, workdir: Path) -> list[dict]:
     return lines
 
 
+# ---- 7. ONNX Runtime -------------------------------------------------------------------------------------
+def oof_rows_per_s(task, run, repeats: int, **overrides) -> tuple[float, float]:
+    """Fold 0's validation rows predicted again (api.rescore: tokenizing or decoding, the model, the metric) under
+    overrides: (rows/s, the median after one warm-up pass, which exports the graphs; the metric on those rows)."""
+    api.rescore(task, run, **overrides)
+    times, scores = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, scores = api.rescore(task, run, **overrides)
+        times.append(time.perf_counter() - start)
+    return scores["n_rows"] / statistics.median(times), scores["cv"]
+
+
+def onnx(size: dict, workdir: Path) -> list[dict]:
+    """Eager torch vs ONNX Runtime fp32 vs int8 (quantize=int8) predicting fold 0's OOF rows of a 1-epoch run:
+    rows/s and the metric on the same rows. Goal: >= 2x the eager rows/s with the metric within 0.005."""
+    runs = f"runs_dir={workdir / 'runs'}"
+    text = [f"data_dir={SHARED / 'usppm'}", runs, "train_folds=[0]", "epochs=1", "batch_size=32", "max_len=64"]
+    models = [
+        ("MiniLM on USPPPM pairs", UsppmTask(), [*text, f"limit={size['text_rows']}"]),
+        ("all-mpnet-base-v2 on USPPPM pairs", UsppmTask(),
+         [*text, f"limit={size['mpnet_rows']}", "model=sentence-transformers/all-mpnet-base-v2"]),
+        ("MiniLM bi-encoder on programs (codesim)", CodesimTask(),
+         [f"data_dir={SHARED / 'code_similarity' / 'atcoder_python_grouped'}", runs, "experiment=bi", "folds=5",
+          "train_folds=[0]", "epochs=1", f"pairs_per_epoch={size['code_pairs']}", "batch_size=16", "max_len=128",
+          "valid_positives=2"]),
+        (f"EfficientNet-Lite0 on armyworm, {size['image_size']} px", ArmywormTask(),
+         [f"data_dir={SHARED / 'armyworm'}", runs, "train_folds=[0]", "epochs=1", "batch_size=32",
+          f"image_size={size['image_size']}", f"limit={size['image_rows']}"]),
+    ]
+    lines = []
+    for i, (what, task, overrides) in enumerate(models):
+        run = api.train(task, task.config([*overrides, f"run_name=onnx-{i}"]))
+        eager, eager_metric = oof_rows_per_s(task, run, size["repeats"])
+        for name, setting in (("ONNX Runtime fp32", {}), ("ONNX Runtime int8", {"quantize": "int8"})):
+            speed, metric = oof_rows_per_s(task, run, size["repeats"], runtime="onnx", **setting)
+            item = line("onnx runtime", f"{what}, fold 0's OOF: {name} / eager torch", "rows/s", speed, eager, 2.0,
+                        name, "eager", f"{task.metric} {metric:.4f} against eager {eager_metric:.4f} "
+                        f"({metric - eager_metric:+.4f}; goal within 0.005)")
+            item["met"] = item["met"] and abs(metric - eager_metric) <= 0.005
+            lines.append(item)
+    return lines
+
+
 CASES = {"trainer_text": trainer_text, "trainer_image": trainer_image, "padding": padding,
-         "image_cache": image_cache, "ddp": ddp, "inference": inference, "precision": precision}
+         "image_cache": image_cache, "ddp": ddp, "inference": inference, "precision": precision,
+         "onnx": onnx}
 
 
 def peak_rss_mb() -> float:

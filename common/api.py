@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from common.ensemble import blend, blend_frames
 from common.errors import NotFound
 from common.io import read_csv, write_csv
+from common.predict import export_graphs as export_fold_graphs
 from common.predict import predict_run, rescore_oof
 from common.runs import Run
 from common.submission import fill_sample
@@ -56,6 +57,22 @@ def predict(task: Task, run: Run | str | None, test_path: str | Path | None = No
         return blend_frames(task, run, frames)
     path = Path(test_path) if test_path else task.test_path(cfg)
     return predict_run(task, run, cfg, task.load_test(cfg, path))
+
+
+def export_graphs(task: Task, run: Run | str | None, **overrides) -> list[Path]:
+    """Each finished fold's ONNX graph (runtime=onnx; quantize=int8 too when asked), exported where missing or made
+    from other weights, from a batch of the competition's test rows (test_file= another file); a blend: its runs'.
+    Returns the graphs' paths. Infer, submit and rescore with runtime=onnx export on first use: this is for push."""
+    run = open_run(task, run, overrides.get("runs_dir", "runs"))
+    spec = run.blend_spec()
+    if spec is not None:
+        return [path for name in spec["runs"] for path in export_graphs(task, Run(run.dir.parent / name), **overrides)]
+    cfg = run.config({**overrides, "runtime": "onnx"})
+    path = task.test_path(cfg)
+    if not path.exists():
+        raise NotFound(f"{path}: runtime=onnx exports each fold from a batch of test rows and there is no test file "
+                       f"there (data_dir={cfg.data_dir}); pass data_dir= or test_file=")
+    return export_fold_graphs(task, run, cfg, task.load_test(cfg, path))
 
 
 def predict_test(task: Task, run: Run | str | None, **overrides) -> Path:

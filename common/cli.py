@@ -36,7 +36,11 @@ RUNS_ARGS = {
     "where": None,  # a pandas query over the columns, e.g. "status == 'finished' and lr < 1e-4"
     "out": None,    # also write the table: .csv, .md or .html
 }
-PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None}
+PUSH_ARGS = {"run_name": None, "runs_dir": "runs", "dry_run": False, "out": None,
+             "runtime": None,    # what the kernel predicts with: torch | onnx; null -> onnx if the run has graphs
+             "quantize": None,   # int8: the kernel runs int8 graphs (runtime=onnx)
+             "data_dir": None}   # runtime=onnx: where the test rows to export from are; null -> the run's
+
 DASHBOARD_ARGS = {"run_name": None, "runs_dir": "runs", "storage": None, "host": "127.0.0.1", "port": 8080}
 GRADCAM_ARGS = {"run2": None, "n": 8, "cam_target": "predicted"}  # the other key=value arguments are run config keys
 DOWNLOAD_ARGS = {"dest": None}  # null -> data/<competition>
@@ -129,7 +133,22 @@ def rescore(task: Task, argv: list[str] | None = None) -> Path:
     path, scores = api.rescore(task, run, **overrides)
     trained = f" (the run's own OOF: {run.metrics()['cv']:.4f})" if run.metrics_path.is_file() else ""
     print(f"rescored OOF: {path}{trained}")
+    if overrides.get("runtime", "torch") != "torch" and run.metrics_path.is_file() and run.oof_path.is_file():
+        print(runtime_change(task, run, overrides, scores, read_csv(path)))
     return path
+
+
+def runtime_change(task: Task, run: Run, overrides: dict, scores: dict, oof: pd.DataFrame) -> str:
+    """What runtime=onnx (quantize=int8) costs on the OOF: the metric against the run's torch OOF, and the largest
+    gap between the two predictions of a row."""
+    torch_oof = read_csv(run.oof_path)
+    columns = [c for c in run.classes() if c in oof.columns and c in torch_oof.columns]
+    rows = task.id_column
+    gap = float((oof.set_index(rows)[columns] - torch_oof.set_index(rows)[columns]).abs().max().max())
+    own = run.metrics()["cv"]
+    setting = " ".join(f"{k}={overrides.get(k)}" for k in ("runtime", "quantize") if overrides.get(k))
+    return (f"{setting}: {scores['metric']} {scores['cv']:.4f} against {own:.4f} with torch "
+            f"({scores['cv'] - own:+.4f}); largest prediction gap {gap:.2e}")
 
 
 def ensemble(task: Task, argv: list[str] | None = None) -> Run:
@@ -177,7 +196,8 @@ def push(task: Task, argv: list[str] | None = None) -> Path:
     args = command_args(overrides, PUSH_ARGS, "push")
     run = Run.open(task.name, args.run_name, args.runs_dir)
     settings = command_section("kaggle", kaggle.KAGGLE_DEFAULTS, run.config(), ours)
-    return kaggle.push(task, run, settings, bool(args.dry_run), args.out)
+    runtime = {k: args[k] for k in ("runtime", "quantize", "data_dir") if args[k] is not None}
+    return kaggle.push(task, run, settings, bool(args.dry_run), args.out, runtime)
 
 
 def download(task: Task, argv: list[str] | None = None) -> Path:

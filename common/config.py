@@ -50,6 +50,9 @@ ENGINE_DEFAULTS = {
     "num_workers": 0,           # DataLoader worker processes (one thread each)
     "num_threads": None,        # torch CPU threads of each process; null -> its share of the cores (common/threads.py)
     "tta": False,               # test-time augmentation at infer time (the task's views of each batch)
+    "runtime": "torch",         # torch | onnx: predict (infer, submit, rescore, the Kaggle kernel) with each fold's
+                                # network exported to ONNX and run by ONNX Runtime (docs/onnx.md)
+    "quantize": None,           # null | int8: runtime=onnx with int8 weights (dynamic quantization; transformers)
     "test_file": None,          # infer: any CSV in the competition's test format; null -> the competition's test file
     "out": None,                # infer: where to write predictions in the submission's format
     "tracker": "none",          # none | tensorboard | mlflow | wandb: config, losses, lr and scores per fold, the CV
@@ -77,14 +80,15 @@ ENGINE_DEFAULTS.update(TRICK_DEFAULTS)
 # Keys that may differ when an existing run is resumed or used for inference. train_folds among them: a run can be
 # trained a few folds at a time (fold 0 first, the rest later or on another machine) and sums up every finished one.
 RUNTIME_KEYS = {"num_workers", "num_threads", "test_file", "out", "tta", "data_dir", "image_dir", "runs_dir", "tune", "kaggle",
-                "tracker", "tracker_uri", "train_folds", "class_bias"}
+                "tracker", "tracker_uri", "train_folds", "class_bias", "runtime", "quantize"}
 
 # Runs written before a key was renamed or added still load: old name -> new name, and the value that reproduces
 # what those runs did (fold_seed: folds were drawn with the training seed).
 RENAMED_KEYS = {"dropout": "head_dropout", "drop_rate": "backbone_dropout"}
 ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg: None,
               "checkpoint_every": lambda cfg: 0, "tracker": lambda cfg: "none", "tracker_uri": lambda cfg: None,
-              "num_threads": lambda cfg: None, "compile": lambda cfg: False, "tuned_on_folds": lambda cfg: None}
+              "num_threads": lambda cfg: None, "compile": lambda cfg: False, "tuned_on_folds": lambda cfg: None,
+              "runtime": lambda cfg: "torch", "quantize": lambda cfg: None}
 # Runs from before the tricks trained without them.
 ADDED_KEYS.update({key: (lambda default: lambda cfg: default)(value) for key, value in TRICK_DEFAULTS.items()})
 

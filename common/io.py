@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,19 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import DataError  # noqa: F401  (re-exported: older imports use common.io)
+
+
+REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements.txt"
+
+
+def pinned_requirements(path: str | Path = REQUIREMENTS) -> dict[str, str]:
+    """The exact pins of a requirements file: normalised name (lower case, '-') -> 'Name==version'."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s#;]+)", line)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = f"{m.group(1)}=={m.group(2)}"
+    return pins
 
 
 def read_csv(path: str | Path, **kwargs) -> pd.DataFrame:

@@ -11,6 +11,9 @@
   kernel/   kernel.py + kernel-metadata.json: a script kernel with the internet off that installs the bundled wheels
             (never from the internet), imports the kit from the dataset, predicts the test set and writes
             submission.csv
+With runtime=onnx (asked at push, or the run's folds already have ONNX graphs) the bundle carries each fold's graph
+(exported now if missing or stale) and the onnxruntime wheel, and the kernel predicts with ONNX Runtime
+(docs/onnx.md).
 then runs `kaggle datasets create` (or `version`), waits for the dataset, and `kaggle kernels push`. DRY_RUN=1 only
 prints those commands. Secrets (kaggle.json, .env, keys, tokens) are never copied into the bundle.
 """
@@ -33,6 +36,8 @@ from omegaconf import DictConfig
 
 from common import api
 from common.errors import NotFound, UserError
+from common.io import pinned_requirements
+from common.onnx_runtime import INT8_FILE, ONNX_FILE, fingerprint_path, uses_onnx
 from common.runs import LAST_OOF, Run
 
 KIT_ROOT = Path(__file__).resolve().parents[1]  # the repository whose code is bundled
@@ -54,6 +59,10 @@ SECRET_PATTERNS = (".env.*", "*.env", "*.pem", "*.key", "*.p12", "*secret*", "*a
 # model and whatever fit_fold saved there (scalers, indexes), without resume state and logs.
 RUN_SKIP = ("oof.csv", "test_preds.csv", "preds_*.csv", "folds.csv", "plots", "kaggle")
 FOLD_SKIP = ("last", "last.old", "last.tmp", "oof.csv", LAST_OOF, "history.csv")
+# A fold's ONNX graphs and their fingerprints (common/onnx_runtime.py): the kernel gets those it runs.
+GRAPH_FILES = {None: (ONNX_FILE, fingerprint_path(Path(ONNX_FILE)).name),
+               "int8": (INT8_FILE, fingerprint_path(Path(INT8_FILE)).name)}
+ONNX_WHEELS = ("onnxruntime", "flatbuffers")  # runtime=onnx in the kernel; the rest of its needs are in Kaggle's image
 
 
 class KaggleError(UserError):
@@ -107,8 +116,10 @@ def download(competition: str, dest: str | Path) -> Path:
 
 
 # ---- push: bundle + kernel ---------------------------------------------------------------------------------
-def push(task, run, settings: DictConfig, dry_run: bool = False, out: str | Path | None = None) -> Path:
-    """Build the dataset and kernel folders for a run, then push them (or, dry_run=True, print the commands)."""
+def push(task, run, settings: DictConfig, dry_run: bool = False, out: str | Path | None = None,
+         runtime: dict | None = None) -> Path:
+    """Build the dataset and kernel folders for a run, then push them (or, dry_run=True, print the commands).
+    runtime: {"runtime": "torch" | "onnx", "quantize": "int8", "data_dir": ...} as asked at push (kernel_runtime)."""
     exe = None if dry_run else require_cli()  # missing CLI or credentials: say so before building anything
     owner = settings.owner or kaggle_username()
     if not owner:
@@ -117,7 +128,7 @@ def push(task, run, settings: DictConfig, dry_run: bool = False, out: str | Path
         owner = "your-kaggle-username"
         print(f"dry run: no Kaggle username found; the metadata says {owner!r} (set kaggle.owner= or KAGGLE_USERNAME)")
     out = Path(out or run.dir / "kaggle")
-    dataset_dir, kernel_dir = build(task, run, settings, owner, out)
+    dataset_dir, kernel_dir = build(task, run, settings, owner, out, runtime)
 
     dataset_id = json.loads((dataset_dir / "dataset-metadata.json").read_text())["id"]
     create = ["datasets", "create", "-p", str(dataset_dir), "--dir-mode", "zip", *(["--public"] if settings.public else [])]
@@ -166,7 +177,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path, Path]:
+def build(task, run, settings: DictConfig, owner: str, out: Path, runtime: dict | None = None) -> tuple[Path, Path]:
     """out/dataset and out/kernel, rebuilt from scratch in out/.build.tmp and swapped in (publish_folders)."""
     dataset_slug = slug(settings.dataset or f"{task.name}-{run.name}-kit")
     kernel_slug = slug(settings.kernel or f"{task.name}-{run.name}-infer")
@@ -176,14 +187,21 @@ def build(task, run, settings: DictConfig, owner: str, out: Path) -> tuple[Path,
     staging = out / ".build.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     dataset_dir, kernel_dir = staging / "dataset", staging / "kernel"
-    runs = bundle_runs(task, run, dataset_dir / "runs" / task.name)
+    predict = kernel_runtime(task, run, runtime or {})
+    left_out = [name for quantize, names in GRAPH_FILES.items() for name in names
+                if predict["runtime"] != "onnx" or quantize != predict["quantize"]]
+    runs = bundle_runs(task, run, dataset_dir / "runs" / task.name, (*FOLD_SKIP, *left_out))
     copy_tree(KIT_ROOT / "common", dataset_dir / "kit" / "common")
     for name in ("__init__.py", "__main__.py", task.name):
         copy_tree(KIT_ROOT / "competitions" / name, dataset_dir / "kit" / "competitions" / name)
     copy_tree(KIT_ROOT / "requirements.txt", dataset_dir / "kit" / "requirements.txt")
     wheels = download_wheels(list(settings.wheels), dataset_dir / "wheels")
+    if predict["runtime"] == "onnx":
+        wheels += download_wheels(list(ONNX_WHEELS), dataset_dir / "wheels", hint=(
+            "the kernel installs onnxruntime from the bundle for runtime=onnx: run the push where PyPI (or a pip "
+            "cache holding these wheels) is reachable, or push with runtime=torch"))
     (dataset_dir / MARKER).write_text(json.dumps({"competition": task.name, "run": run.name, "runs": runs,
-                                                  "wheels": wheels}, indent=2) + "\n")
+                                                  "wheels": wheels, "predict": predict}, indent=2) + "\n")
     (dataset_dir / "dataset-metadata.json").write_text(json.dumps({
         "title": dataset_slug, "id": f"{owner}/{dataset_slug}", "licenses": [{"name": settings.license}],
     }, indent=2) + "\n")
@@ -221,12 +239,35 @@ def publish_folders(staging: Path, out: Path) -> tuple[Path, Path]:
     return out / "dataset", out / "kernel"
 
 
-def bundle_runs(task, run, dest: Path) -> list[str]:
-    """Copy what inference needs of the run (a blend: of its runs too, recursively); return the run names."""
+def kernel_runtime(task, run, asked: dict) -> dict:
+    """How the kernel predicts: runtime= / quantize= as asked at push, else runtime=onnx where the run's folds
+    already have ONNX graphs. With onnx, every fold's graph is exported now where missing or stale (from a batch of
+    the test rows under data_dir=, else the run's)."""
+    runtime = asked.get("runtime") or ("onnx" if asked.get("quantize") or has_graphs(run) else "torch")
+    predict = {"runtime": runtime, "quantize": asked.get("quantize")}
+    if uses_onnx(predict):  # bad values (runtime=torch quantize=int8) are refused here, before anything is built
+        where = {"data_dir": asked["data_dir"]} if asked.get("data_dir") else {}
+        graphs = api.export_graphs(task, run, **predict, **where)
+        print(f"runtime=onnx{' quantize=' + predict['quantize'] if predict['quantize'] else ''}: "
+              f"{len(graphs)} fold graph(s) bundled")
+    return predict
+
+
+def has_graphs(run) -> bool:
+    """Whether any fold of the run (a blend: of its runs) has an exported ONNX graph."""
+    spec = run.blend_spec()
+    if spec:
+        return any(has_graphs(Run(run.dir.parent / member)) for member in spec["runs"])
+    return any(run.dir.glob(f"fold*/{ONNX_FILE}"))
+
+
+def bundle_runs(task, run, dest: Path, fold_skip: tuple = FOLD_SKIP) -> list[str]:
+    """Copy what inference needs of the run (a blend: of its runs too, recursively); return the run names.
+    fold_skip: the fold files left out."""
     names, spec = [run.name], run.blend_spec()
     if spec:
         for member in spec["runs"]:
-            names += [n for n in bundle_runs(task, Run(run.dir.parent / member), dest) if n not in names]
+            names += [n for n in bundle_runs(task, Run(run.dir.parent / member), dest, fold_skip) if n not in names]
     elif not run.finished_folds():
         raise NotFound(f"run {run.dir} has no finished fold to predict with; train it first")
     for entry in sorted(run.dir.iterdir()):
@@ -234,7 +275,7 @@ def bundle_runs(task, run, dest: Path) -> list[str]:
             continue
         if re.fullmatch(r"fold\d+", entry.name):
             for child in sorted(entry.iterdir()):
-                if child.name not in FOLD_SKIP:
+                if child.name not in fold_skip:
                     copy_tree(child, dest / run.name / entry.name / child.name)
         else:
             copy_tree(entry, dest / run.name / entry.name)
@@ -261,21 +302,18 @@ def copy_tree(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def download_wheels(names: list[str], dest: Path) -> list[str]:
-    """Wheels of `names` at the versions pinned in requirements.txt (pip download: run where PyPI is reachable)."""
+def download_wheels(names: list[str], dest: Path, hint: str = "Bundle without them: kaggle.wheels=[]") -> list[str]:
+    """Wheels of `names` at the versions pinned in requirements.txt (pip download: run where PyPI is reachable, or
+    where pip's cache holds them). hint: what to do when it fails."""
     if not names:
         return []
-    pins = {}
-    for line in (KIT_ROOT / "requirements.txt").read_text().splitlines():
-        m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s#;]+)", line)
-        if m:
-            pins[m.group(1).lower().replace("_", "-")] = f"{m.group(1)}=={m.group(2)}"
+    pins = pinned_requirements(KIT_ROOT / "requirements.txt")
     requirements = [pins.get(n.lower().replace("_", "-"), n) for n in names]
     result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                              "--dest", str(dest), *requirements], capture_output=True, text=True)
     if result.returncode != 0:
         raise KaggleError(f"pip download {' '.join(requirements)} failed (PyPI unreachable?): "
-                          f"{result.stderr.strip()[-500:]}. Bundle without them: kaggle.wheels=[]")
+                          f"{result.stderr.strip()[-500:]}. {hint}")
     return requirements
 
 
@@ -334,8 +372,10 @@ def kernel_main(task, run_name: str, bundle: Path, input_dir: Path, out_dir: Pat
                 else:
                     shutil.copy(entry, target)
         run = Run(work / "runs" / task.name / run_name)
+        predict = json.loads((bundle / MARKER).read_text()).get("predict") or {}  # runtime=, quantize= of the push
+        print(f"predicting with runtime={predict.get('runtime', 'torch')} quantize={predict.get('quantize')}")
         # The same functions as `make <c>-submit`: a blend has its runs predict, then blends them.
-        out = api.submit(task, run, out=Path(out_dir) / "submission.csv", data_dir=str(data_dir))
+        out = api.submit(task, run, out=Path(out_dir) / "submission.csv", data_dir=str(data_dir), **predict)
     print(f"wrote {out}")
     return out
 

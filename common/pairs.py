@@ -226,6 +226,37 @@ def ranking_loss(model: nn.Module, batch: dict, scale: float) -> torch.Tensor:
     return multiple_negatives_ranking(emb[a[first]], emb[b[first]], scale)
 
 
+class EmbeddingCache:
+    """Each distinct item embedded once, by content key: embed(input_ids=, attention_mask=) -> unit vectors is called
+    only for the keys it has not seen, in chunks, each cut to its own longest row. The torch BiEncoder (eval mode)
+    and its ONNX Runtime twin (BiEncoder.onnx_runner) share it."""
+
+    def __init__(self, embed: Callable, chunk: int = 64):
+        self.embed, self.chunk = embed, chunk
+        self.store: dict[int, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self.store = {}
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        new = [r for r, k in enumerate(keys.tolist()) if k not in self.store]
+        if new:
+            rows = torch.tensor(new, device=input_ids.device)
+            ids, mask = input_ids[rows], attention_mask[rows]
+            width = int(mask.sum(1).max().clamp(min=1))  # the new items may be shorter than the batch
+            for s in range(0, len(new), self.chunk):
+                part = slice(s, s + self.chunk)
+                out = self.embed(input_ids=ids[part, :width], attention_mask=mask[part, :width])
+                for r, e in zip(new[part], out):
+                    self.store[int(keys[r])] = e.detach()
+        return torch.stack([self.store[int(k)] for k in keys.tolist()])
+
+
+def cosine_of_sides(emb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(pairs, 1): the cosine of each pair's two unit embeddings."""
+    return (emb[a] * emb[b]).sum(-1, keepdim=True)
+
+
 class BiEncoder(nn.Module):
     """Siamese encoder: backbone -> mean pooling over the mask -> L2-normalised embedding; the output is the
     cosine similarity of the two sides, shape (batch, 1). In eval mode, embeddings are cached by content key;
@@ -235,11 +266,11 @@ class BiEncoder(nn.Module):
         super().__init__()
         drop_pooler(backbone)
         self.backbone, self.chunk = backbone, chunk
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache = EmbeddingCache(self.embed, chunk)
         self.register_load_state_dict_post_hook(lambda module, keys: module.cache.clear())
 
     def train(self, mode: bool = True):
-        self.cache = {}
+        self.cache.clear()
         return super().train(mode)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -254,17 +285,40 @@ class BiEncoder(nn.Module):
             if a is None:
                 return emb
         else:
-            new = [r for r, k in enumerate(keys.tolist()) if k not in self.cache]
-            if new:
-                rows = torch.tensor(new, device=input_ids.device)
-                ids, mask = input_ids[rows], attention_mask[rows]
-                width = int(mask.sum(1).max().clamp(min=1))  # the new items may be shorter than the batch
-                for s in range(0, len(new), self.chunk):
-                    out = self.embed(ids[s:s + self.chunk, :width], mask[s:s + self.chunk, :width])
-                    for r, e in zip(new[s:s + self.chunk], out):
-                        self.cache[int(keys[r])] = e.detach()
-            emb = torch.stack([self.cache[int(k)] for k in keys.tolist()])
-        return (emb[a] * emb[b]).sum(-1, keepdim=True)
+            emb = self.cache(input_ids, attention_mask, keys)
+        return cosine_of_sides(emb, a, b)
+
+    # ONNX Runtime (common/onnx_runtime.py): the embedding network is exported, the cache and cosine stay here.
+    def onnx_module(self) -> nn.Module:
+        return Embedder(self)
+
+    def onnx_runner(self, embed: Callable) -> Callable:
+        return CachedBiEncoder(embed, self.chunk)
+
+
+class Embedder(nn.Module):
+    """A BiEncoder's embedding network alone: (input_ids, attention_mask) -> unit embeddings, what ONNX exports."""
+
+    def __init__(self, encoder: BiEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask):
+        return self.encoder.embed(input_ids, attention_mask)
+
+
+class CachedBiEncoder:
+    """BiEncoder's prediction around an exported embedding network: called as the torch model is, each distinct
+    item embedded once."""
+
+    def __init__(self, embed: Callable, chunk: int):
+        self.cache = EmbeddingCache(embed, chunk)
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask, keys, a, b):
+        return cosine_of_sides(self.cache(input_ids, attention_mask, keys), a, b)
 
 
 # ---- fixed scored pairs and folds over groups ---------------------------------------------------------------------

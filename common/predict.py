@@ -1,7 +1,9 @@
 """Predictions: any loader's rows through a model (predict_loader: validation during training, test rows after).
 Test predictions of a run: the mean over its fold models, each with its own fitted fold state applied to the
 test rows, and over the task's TTA views of every batch. A blend predicts through its runs, then blends.
-rescore_oof predicts each fold's validation rows again the same way: what a prediction setting (TTA) does to CV."""
+rescore_oof predicts each fold's validation rows again the same way: what a prediction setting (TTA) does to CV.
+runtime=onnx runs each fold's exported graph instead of its torch module (common/onnx_runtime.py); tokenization,
+transforms, TTA views and activation stay the same."""
 from __future__ import annotations
 
 import joblib
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from common import onnx_runtime
 from common.accelerator import create_accelerator
 from common.errors import ConfigError, NotFound
 from common.estimator import ESTIMATOR_FILE, estimator_predict
@@ -87,10 +90,43 @@ def predict_fold(task: Task, cfg: DictConfig, run: Run, ctx: FoldContext, frame:
             accelerator
     accelerator = accelerator or create_accelerator(cfg)
     loader = predict_dataloader(task, cfg, frame, mode, ctx)
-    model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, n_outputs), loader)
+    if onnx_runtime.uses_onnx(cfg):
+        model = fold_graph_runner(task, cfg, run, ctx, n_outputs, loader, accelerator)
+        loader = accelerator.prepare(loader)
+    else:
+        model, loader = accelerator.prepare(load_fold_model(task, cfg, run, ctx, n_outputs), loader)
     preds, _ = predict_loader(task, cfg, accelerator, model, loader, tta=bool(cfg.tta))
     accelerator.free_memory()
     return preds.reshape(len(frame), n_outputs), bool(cfg.tta), accelerator
+
+
+def fold_graph_runner(task: Task, cfg: DictConfig, run: Run, ctx: FoldContext, n_outputs: int, loader: DataLoader,
+                      accelerator: Accelerator):
+    """The fold's network under ONNX Runtime, exported (by the main process, once per checkpoint) from the first
+    batch of the loader's rows when its graph is missing or stale."""
+    def example() -> dict:
+        return model_inputs(task.tta_views(cfg, next(iter(loader)))[0])
+
+    with accelerator.main_process_first():
+        return onnx_runtime.fold_runner(task.build_model(cfg, n_outputs, ctx, pretrained=False),
+                                        run.checkpoint(ctx.fold), ctx.dir, example, cfg.quantize)
+
+
+def export_graphs(task: Task, run: Run, cfg: DictConfig, frame: pd.DataFrame) -> list:
+    """Each finished fold's ONNX graph for cfg (runtime=onnx, quantize=...), exported where missing or stale from
+    a batch of frame's rows (test rows in the test format); the graphs' paths."""
+    if not onnx_runtime.uses_onnx(cfg):
+        raise ConfigError("export_graphs needs runtime=onnx")
+    accelerator, paths = create_accelerator(cfg), []
+    n_outputs = len(run.classes())
+    for fold in run.finished_folds():
+        ctx = fold_context(task, cfg, run, fold)
+        if (ctx.dir / ESTIMATOR_FILE).is_file():  # trees: no network to export, they predict as they are
+            continue
+        loader = predict_dataloader(task, cfg, frame.head(cfg.batch_size).reset_index(drop=True), "test", ctx)
+        fold_graph_runner(task, cfg, run, ctx, n_outputs, loader, accelerator)
+        paths.append(ctx.dir / onnx_runtime.graph_file(cfg.quantize))
+    return paths
 
 
 def predict_run(task: Task, run: Run, cfg: DictConfig, test: pd.DataFrame) -> pd.DataFrame:

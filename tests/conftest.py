@@ -48,6 +48,19 @@ def two_runs(tmp_path_factory):
     return runs_dir
 
 
+@pytest.fixture(scope="session")
+def one_fold_run(tmp_path_factory):
+    """runs_dir with one tiny USPPPM run `one` (MiniLM, fold 0 of 2 trained): the ONNX tests copy it and export into
+    their copy."""
+    from common import cli
+    from competitions.usppm.task import UsppmTask
+
+    runs_dir = tmp_path_factory.mktemp("one-fold-run")
+    cli.train(UsppmTask(), [f"data_dir={shared_data('usppm')}", f"runs_dir={runs_dir}", *TINY_USPPM,
+                            "train_folds=[0]", "run_name=one"])
+    return runs_dir
+
+
 @pytest.fixture
 def pair_task(tmp_path, monkeypatch):
     """The toy pair task (tests/toys.py) on fresh data, run in a temp folder."""

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from common import cli, kaggle
+from common import api, cli, kaggle
 from common.submission import validate
 from competitions.__main__ import main
 from competitions.usppm.task import UsppmTask
@@ -55,7 +55,7 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
                                   "kaggle.owner=kit-tester"])
     printed = capsys.readouterr().out
     assert "kaggle datasets create -p" in printed and "kaggle kernels push -p" in printed
-    dataset, kernel = out / "dataset", out / "kernel"
+    dataset = out / "dataset"
 
     # Secrets: none of the planted files, nor any file named like one, is in the bundle.
     bundled = [p for p in dataset.rglob("*") if p.is_file()]
@@ -72,28 +72,32 @@ def test_the_kernel_runs_offline_from_the_bundle_and_writes_a_valid_submission(
     assert members[0] == "kblend" and set(members[1:]) == set(json.loads(
         (runs / "kblend/blend.json").read_text())["runs"])
 
-    # /kaggle/input: the dataset (read-only, as Kaggle mounts it) and the competition's files.
+    result, submission = run_kernel(out, tmp_path, "usppm-kblend-kit")
+    # The kernel's predictions are the blend's own test predictions, recomputed from the checkpoints.
+    local = pd.read_csv(runs / "kblend/test_preds.csv").set_index("id")["pred"]
+    assert submission.loc[local.index].to_numpy() == pytest.approx(local.to_numpy(), abs=1e-5)
+
+
+def run_kernel(out, tmp_path, slug: str) -> tuple[subprocess.CompletedProcess, pd.Series]:
+    """The pushed kernel run here, internet-style off: /kaggle/input holds the dataset (read-only, as Kaggle mounts
+    it) under slug and the competition's files. Returns the kernel's run and its valid submission's scores by id."""
     kaggle_input = tmp_path / "input"
-    shutil.copytree(dataset, kaggle_input / "usppm-kblend-kit")
+    shutil.copytree(out / "dataset", kaggle_input / slug)
     shutil.copytree(shared_data("usppm"), kaggle_input / "us-patent-phrase-to-phrase-matching",
                     ignore=shutil.ignore_patterns("train.csv"))  # inference needs no train file
-    for p in (kaggle_input / "usppm-kblend-kit").rglob("*"):
+    for p in (kaggle_input / slug).rglob("*"):
         p.chmod(p.stat().st_mode & ~0o222)
     working = tmp_path / "working"
     working.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the kit must come from the bundle
     env.update(KAGGLE_INPUT_DIR=str(kaggle_input), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, str(kernel / "kernel.py")], cwd=working, env=env,
+    result = subprocess.run([sys.executable, str(out / "kernel" / "kernel.py")], cwd=working, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert f"kit: {kaggle_input / 'usppm-kblend-kit' / 'kit'}" in result.stdout
-    sample = shared_data("usppm") / "sample_submission.csv"
-    validate(working / "submission.csv", sample)
-    # The kernel's predictions are the blend's own test predictions, recomputed from the checkpoints.
-    kernel_preds = pd.read_csv(working / "submission.csv").set_index("id")["score"]
-    local = pd.read_csv(runs / "kblend/test_preds.csv").set_index("id")["pred"]
-    assert kernel_preds.loc[local.index].to_numpy() == pytest.approx(local.to_numpy(), abs=1e-5)
+    assert f"kit: {kaggle_input / slug / 'kit'}" in result.stdout
+    validate(working / "submission.csv", shared_data("usppm") / "sample_submission.csv")
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
+    return result, pd.read_csv(working / "submission.csv").set_index("id")["score"]
 
 
 def test_both_metadata_files_have_what_the_kaggle_cli_requires(two_runs, workdir, no_credentials):
@@ -159,3 +163,25 @@ def test_bundled_wheels_are_the_pinned_versions_and_install_without_an_index(tmp
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
                     "--target", str(tmp_path / "site"), *wheels], check=True)
     assert (tmp_path / "site" / "ttach" / "__init__.py").is_file()
+
+
+@pytest.mark.skipif(not _pypi_reachable(), reason="the onnxruntime wheel comes from PyPI (or pip's cache)")
+def test_an_onnx_push_bundles_the_graphs_and_onnxruntime_and_the_kernel_runs_them_offline(
+        one_fold_run, workdir, no_credentials, tmp_path):
+    runs_dir = tmp_path / "runs"  # a private copy: the graphs are exported into the run's fold folders
+    shutil.copytree(one_fold_run / "usppm" / "one", runs_dir / "usppm" / "one")
+    out = cli.push(TASK, ["run_name=one", f"runs_dir={runs_dir}", "dry_run=true", "kaggle.wheels=[]",
+                          "kaggle.owner=kit-tester", "runtime=onnx", f"data_dir={shared_data('usppm')}"])
+    dataset = out / "dataset"
+    bundle = json.loads((dataset / "kit-bundle.json").read_text())
+    pinned = next(line for line in (REPO / "requirements.txt").read_text().splitlines()
+                  if line.startswith("onnxruntime=="))
+    assert bundle["predict"] == {"runtime": "onnx", "quantize": None} and bundle["wheels"][0] == pinned
+    assert [p.name.split("-")[1] for p in (dataset / "wheels").glob("onnxruntime-*.whl")] == [pinned.split("==")[1]]
+    files = {p.name for p in (dataset / "runs/usppm/one/fold0").iterdir()}
+    assert {"model.onnx", "model.onnx.json", "model.safetensors"} <= files and "model.int8.onnx" not in files
+
+    result, submission = run_kernel(out, tmp_path, "usppm-one-kit")
+    assert "predicting with runtime=onnx" in result.stdout
+    local = pd.read_csv(api.predict_test(TASK, "one", runs_dir=str(runs_dir))).set_index("id")["pred"]
+    assert submission.loc[local.index].to_numpy() == pytest.approx(local.to_numpy(), abs=1e-4)  # torch's
