@@ -20,7 +20,7 @@ kit = $(PY) -m competitions
 targets = $(filter %-$(1),$(TARGETS))
 
 TARGETS := $(foreach c,$(COMPETITIONS),$(foreach k,$(COMMANDS),$(c)-$(k)))
-.PHONY: setup demo test bench $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS))
+.PHONY: setup demo test bench bench-onnx $(TARGETS) $(addsuffix -demo,$(COMPETITIONS)) $(addsuffix -data,$(COMPETITIONS))
 
 setup: $(STAMP)
 $(STAMP): requirements.txt
@@ -44,6 +44,9 @@ $(MPNET): $(STAMP)
 
 bench: $(STAMP) $(MPNET)   # ratios of the kit against the plain way (benchmarks/, minutes): benchmarks/results.md
 	$(PY) -m benchmarks $(ARGS)
+
+bench-onnx: $(STAMP) $(MPNET)   # eager torch against ONNX Runtime fp32 and int8: benchmarks/results_onnx.md
+	$(PY) -m benchmarks --only onnx --out benchmarks/results_onnx.md $(ARGS)
 
 # A competition without a demo.py has no demo: its -demo target says so and fails.
 $(addsuffix -demo,$(COMPETITIONS)): %-demo: $(STAMP)

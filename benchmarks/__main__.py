@@ -56,6 +56,10 @@ def machine() -> str:
     return f"{cores} cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads by default"
 
 
+# Cases long enough to have their own make target and results file (make bench-onnx: benchmarks/results_onnx.md)
+OWN_TARGET = ("onnx",)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temp folder, deleted)")
     args = parser.parse_args(argv)
-    cases = args.only or list(CASES)
+    cases = args.only or [case for case in CASES if case not in OWN_TARGET]
     started = time.time()
     lines = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
