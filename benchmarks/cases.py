@@ -411,7 +411,7 @@ def onnx(size: dict, workdir: Path) -> list[dict]:
         ("all-mpnet-base-v2 on USPPPM pairs", UsppmTask(),
          [*text, f"limit={size['mpnet_rows']}", "model=sentence-transformers/all-mpnet-base-v2"]),
         ("MiniLM bi-encoder on programs (codesim)", CodesimTask(),
-         [f"data_dir={SHARED / 'code_similarity' / 'atcoder_python_grouped'}", runs, "experiment=bi", "folds=5",
+         [f"data_dir={SHARED / 'code_similarity' / 'atcoder_python_grouped'}", runs, "folds=5",
           "train_folds=[0]", "epochs=1", f"pairs_per_epoch={size['code_pairs']}", "batch_size=16", "max_len=128",
           "valid_positives=2"]),
         (f"EfficientNet-Lite0 on armyworm, {size['image_size']} px", ArmywormTask(),

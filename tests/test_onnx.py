@@ -75,7 +75,7 @@ def codesim_runs(tmp_path_factory):
             "valid_positives=2", f"data_dir={data}", f"runs_dir={runs_dir}"]
     task = CodesimTask()
     runs = {name: api.train(task, task.config([*tiny, f"run_name={name}", *extra]))
-            for name, extra in (("cross", []), ("bi", ["experiment=bi"]))}
+            for name, extra in (("cross", ["experiment=cross"]), ("bi", []))}
     return data, runs
 
 
