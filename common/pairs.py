@@ -193,11 +193,16 @@ def pair_batch(items: list[dict], pad_id: int) -> dict:
     return batch
 
 
+def encoder_inputs(batch: dict) -> dict:
+    """A bi-encoder training batch without its bookkeeping and group codes: what BiEncoder takes."""
+    return {k: v for k, v in batch.items() if k not in (*BOOKKEEPING, GROUPS)}
+
+
 def in_batch_pairs(batch: dict) -> tuple[dict, torch.Tensor]:
     """Every pair of the batch's distinct items, labelled 1 when their groups agree: BiEncoder's inputs with a and b
     replaced (the same forward pass embeds them all), and the labels. 16 sampled pairs hold ~30 distinct items, so
     ~430 labelled pairs for the cost of 16: the sampled pairs are among them."""
-    inputs = {k: v for k, v in batch.items() if k not in (*BOOKKEEPING, GROUPS)}
+    inputs = encoder_inputs(batch)
     groups = batch[GROUPS]
     a, b = torch.triu_indices(len(groups), len(groups), offset=1, device=groups.device)
     inputs.update(a=a, b=b)
@@ -210,8 +215,7 @@ def ranking_loss(model: nn.Module, batch: dict, scale: float) -> torch.Tensor:
     other pair's positive. The batch's distinct items are embedded once."""
     if GROUPS not in batch:
         raise ConfigError("loss=mnrl needs in_batch_pairs=true (the batch's group codes tell its pairs apart)")
-    inputs = {k: v for k, v in batch.items() if k not in (*BOOKKEEPING, GROUPS, "a", "b")}
-    emb = model(**inputs)
+    emb = model(**{k: v for k, v in encoder_inputs(batch).items() if k not in ("a", "b")})
     a, b, groups = batch["a"], batch["b"], batch[GROUPS]
     positive = (batch["target"] > 0).nonzero().view(-1).tolist()
     first, seen = [], set()
