@@ -35,6 +35,9 @@ RUN_PACKAGES = ("onnxruntime",)             # what running a graph needs (the Ka
 EXPORT_PACKAGES = ("onnx", "onnxscript")      # what torch.onnx's exporter (torch.export based) needs besides
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 OPSET = 18
+# quantize=int8 quantizes the MatMuls: where a transformer encoder spends its time. onnxruntime's default list also
+# takes Conv (ConvInteger made Lite0 13x slower, docs/onnx.md) and Gather (an embedding lookup: no faster in int8).
+INT8_OPS = ["MatMul"]
 
 
 def uses_onnx(cfg: DictConfig | dict) -> bool:
@@ -116,10 +119,17 @@ def fingerprint_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".json")
 
 
-def is_current(graph: Path, weights: str) -> bool:
-    """The graph exists and its fingerprint names these weights."""
+def is_current(graph: Path, weights: str, quantize: str | None = None) -> bool:
+    """The graph exists and its fingerprint names these weights (and, quantized, today's quantized op types)."""
     meta = fingerprint_path(graph)
-    return graph.is_file() and meta.is_file() and json.loads(meta.read_text()).get("weights") == weights
+    if not (graph.is_file() and meta.is_file()):
+        return False
+    made = json.loads(meta.read_text())
+    return made.get("weights") == weights and made.get("quantized_ops") == quantized_ops(quantize)
+
+
+def quantized_ops(quantize: str | None) -> list[str] | None:
+    return INT8_OPS if quantize == "int8" else None
 
 
 def fold_graph(model: nn.Module, checkpoint: Path, fold_dir: Path, example: Callable[[], dict],
@@ -130,7 +140,7 @@ def fold_graph(model: nn.Module, checkpoint: Path, fold_dir: Path, example: Call
         raise ConfigError(f"{checkpoint}: no checkpoint to export")
     weights = weights_fingerprint(checkpoint)
     fp32, wanted = fold_dir / ONNX_FILE, fold_dir / graph_file(quantize)
-    if is_current(wanted, weights):
+    if is_current(wanted, weights, quantize):
         return wanted
     if not is_current(fp32, weights):
         require_packages(EXPORT_PACKAGES)
@@ -144,8 +154,8 @@ def fold_graph(model: nn.Module, checkpoint: Path, fold_dir: Path, example: Call
 
 
 def write_fingerprint(graph: Path, weights: str, checkpoint: Path, quantize: str | None) -> None:
-    meta = {"weights": weights, "checkpoint": checkpoint.name, "quantize": quantize, "torch": torch.__version__,
-            "opset": OPSET}
+    meta = {"weights": weights, "checkpoint": checkpoint.name, "quantize": quantize,
+            "quantized_ops": quantized_ops(quantize), "torch": torch.__version__, "opset": OPSET}
     with atomic_path(fingerprint_path(graph)) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -173,9 +183,8 @@ def export(module: nn.Module, example: dict, path: Path) -> Path:
 
 
 def quantize_int8(source: Path, dest: Path) -> Path:
-    """onnxruntime's dynamic quantization: int8 weights (QInt8), activations quantized on the fly. It pays for
-    transformer encoders (matmul-bound); it makes CNNs slower (ConvInteger: Lite0 13x slower, docs/onnx.md)."""
+    """onnxruntime's dynamic quantization of the MatMuls: int8 weights (QInt8), activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     with atomic_path(dest) as tmp:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(tmp), op_types_to_quantize=INT8_OPS, weight_type=QuantType.QInt8)
     return dest
