@@ -32,7 +32,7 @@ from common.io import atomic_path, pinned_requirements
 RUNTIMES = ("torch", "onnx")
 QUANTIZATIONS = (None, "int8")
 RUN_PACKAGES = ("onnxruntime",)             # what running a graph needs (the Kaggle kernel has only this)
-EXPORT_PACKAGES = ("onnx", "onnxscript")      # what torch.onnx's exporter (torch.export based) needs besides
+EXPORT_PACKAGES = ("onnx", "onnxscript")      # what torch.onnx.export needs besides torch (pinned together)
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 OPSET = 18
 # quantize=int8: onnxruntime's quantize_dynamic with these settings, recorded in the graph's fingerprint.
@@ -164,24 +164,24 @@ def write_fingerprint(graph: Path, weights: str, checkpoint: Path, quantize: str
 
 
 def export(module: nn.Module, example: dict, path: Path) -> Path:
-    """torch.onnx (the torch.export-based exporter) with a dynamic batch axis on every input and a dynamic
-    sequence axis on 2-D integer inputs (token ids, masks); image sides stay fixed. example: real inputs, cut to
-    what module.forward takes."""
+    """torch.onnx's TorchScript exporter with a dynamic batch axis on every input and a dynamic sequence axis on 2-D
+    integer inputs (token ids, masks); image sides stay fixed. example: real inputs, cut to what module.forward
+    takes. Not the torch.export-based exporter: ONNX Runtime fuses the attention and layer norms of the TorchScript
+    graph, not of that one's, and ran it 1.5-2x slower than eager torch (docs/onnx.md, Measured)."""
     module = module.eval()
     takes = inspect.signature(module.forward).parameters
-    inputs = {k: v for k, v in example.items() if k in takes and isinstance(v, torch.Tensor)}
-    if not inputs:
+    names = [k for k in takes if isinstance(example.get(k), torch.Tensor)]  # the graph's inputs, in forward's order
+    if not names:
         raise ConfigError(f"cannot export {type(module).__name__}: the batch has none of its inputs {list(takes)}")
-    if len(next(iter(inputs.values()))) < 2:  # a batch of 1 would fix the batch axis at 1
+    inputs = {k: example[k] for k in names}
+    if len(inputs[names[0]]) < 2:  # a batch of 1 would fix the batch axis at 1
         inputs = {k: torch.cat([v, v]) for k, v in inputs.items()}
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    shapes = {k: {0: batch, 1: seq} if v.ndim == 2 and not v.is_floating_point() else {0: batch}
-              for k, v in inputs.items()}
+    axes = {k: {0: "batch", 1: "seq"} if v.ndim == 2 and not v.is_floating_point() else {0: "batch"}
+            for k, v in inputs.items()}
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes, not the user's business
-        torch.onnx.export(module, (), str(tmp), kwargs=inputs, input_names=list(inputs), output_names=["output"],
-                          dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False,
-                          verbose=False)
+        torch.onnx.export(module, (), str(tmp), kwargs=inputs, input_names=names, output_names=["output"],
+                          dynamic_axes={**axes, "output": {0: "batch"}}, opset_version=OPSET, dynamo=False)
     return path
 
 
