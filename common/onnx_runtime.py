@@ -32,7 +32,7 @@ from common.io import atomic_path, pinned_requirements
 RUNTIMES = ("torch", "onnx")
 QUANTIZATIONS = (None, "int8")
 RUN_PACKAGES = ("onnxruntime",)             # what running a graph needs (the Kaggle kernel has only this)
-EXPORT_PACKAGES = ("onnx", "onnxscript")      # what torch.onnx.export needs besides torch (pinned together)
+EXPORT_PACKAGES = ("onnx",)                   # what torch.onnx.export (TorchScript) needs besides torch
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 OPSET = 18
 # quantize=int8: onnxruntime's quantize_dynamic with these settings, recorded in the graph's fingerprint.
