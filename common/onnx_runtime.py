@@ -166,8 +166,8 @@ def write_fingerprint(graph: Path, weights: str, checkpoint: Path, quantize: str
 def export(module: nn.Module, example: dict, path: Path) -> Path:
     """torch.onnx's TorchScript exporter with a dynamic batch axis on every input and a dynamic sequence axis on 2-D
     integer inputs (token ids, masks); image sides stay fixed. example: real inputs, cut to what module.forward
-    takes. Not the torch.export-based exporter: ONNX Runtime fuses the attention and layer norms of the TorchScript
-    graph, not of that one's, and ran it 1.5-2x slower than eager torch (docs/onnx.md, Measured)."""
+    takes. Not the torch.export-based exporter (torch.onnx's default): ONNX Runtime ran its graphs of MiniLM 1.4x
+    slower than these (docs/onnx.md, Measured)."""
     module = module.eval()
     takes = inspect.signature(module.forward).parameters
     names = [k for k in takes if isinstance(example.get(k), torch.Tensor)]  # the graph's inputs, in forward's order
