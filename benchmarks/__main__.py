@@ -58,6 +58,9 @@ def machine() -> str:
 
 # Cases long enough to have their own make target and results file (make bench-onnx: benchmarks/results_onnx.md)
 OWN_TARGET = ("onnx",)
+ONNX_NOTE = ("\nWhere ONNX Runtime misses 2x: each pass also reads the file, tokenizes or decodes, builds the fold's "
+             "module, hashes its checkpoint and opens the session, which dilutes the network's speed-up where there is one; "
+             "docs/onnx.md, Measured, has the figures per exporter and what might close the gap.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case} ...", flush=True)
             lines += run_case(case, args.size, workdir)
     text = table(lines)
+    if "onnx" in cases:
+        text += ONNX_NOTE
     print(text)
     command = "make bench" if args.size == "full" and not args.only else "python -m benchmarks " + " ".join(
         argv if argv is not None else sys.argv[1:])
