@@ -183,5 +183,6 @@ def test_an_onnx_push_bundles_the_graphs_and_onnxruntime_and_the_kernel_runs_the
 
     result, submission = run_kernel(out, tmp_path, "usppm-one-kit")
     assert "predicting with runtime=onnx" in result.stdout
-    local = pd.read_csv(api.predict_test(TASK, "one", runs_dir=str(runs_dir), precision="fp32")).set_index("id")["pred"]
+    local = api.predict_test(TASK, "one", runs_dir=str(runs_dir), precision="fp32")
+    local = pd.read_csv(local).set_index("id")["pred"]
     assert submission.loc[local.index].to_numpy() == pytest.approx(local.to_numpy(), abs=1e-4)  # torch's, in fp32
