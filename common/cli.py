@@ -133,6 +133,11 @@ def rescore(task: Task, argv: list[str] | None = None) -> Path:
     path, scores = api.rescore(task, run, **overrides)
     trained = f" (the run's own OOF: {run.metrics()['cv']:.4f})" if run.metrics_path.is_file() else ""
     print(f"rescored OOF: {path}{trained}")
+    if "retuned" in scores:
+        again = scores["retuned"]
+        honest = again.get("cv_cut_from_other_folds", again.get("cv_bias_from_other_folds"))
+        print(f"with the decision rule tuned again on the rescored OOF: {scores['metric']} {again['cv']:.4f}"
+              + (f", {honest:.4f} with each fold's rule tuned on the other folds" if honest is not None else ""))
     if overrides.get("runtime", "torch") != "torch" and run.metrics_path.is_file() and run.oof_path.is_file():
         print(runtime_change(task, run, overrides, scores, read_csv(path)))
     return path

@@ -91,6 +91,8 @@ ADDED_KEYS = {"fold_seed": lambda cfg: cfg.get("seed"), "folds_from": lambda cfg
               "runtime": lambda cfg: "torch", "quantize": lambda cfg: None}
 # Runs from before the tricks trained without them.
 ADDED_KEYS.update({key: (lambda default: lambda cfg: default)(value) for key, value in TRICK_DEFAULTS.items()})
+# Keys added to one family: (a key every run of the family has, the new key's value for its older runs).
+FAMILY_ADDED_KEYS = {"query_expansion": ("encoder", 0)}  # pair-text runs scored without query expansion
 
 
 def parse_args(argv: list[str] | None, description: str = "") -> argparse.Namespace:
@@ -199,6 +201,9 @@ def upgrade(cfg: DictConfig) -> DictConfig:
     for key, value in ADDED_KEYS.items():
         if key not in container:
             container[key] = value(container)
+    for key, (family_key, value) in FAMILY_ADDED_KEYS.items():
+        if family_key in container and key not in container:
+            container[key] = value
     upgraded = OmegaConf.create(container)
     OmegaConf.set_struct(upgraded, True)
     return upgraded

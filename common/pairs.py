@@ -261,6 +261,36 @@ def cosine_of_sides(emb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     return (emb[a] * emb[b]).sum(-1, keepdim=True)
 
 
+def expand_neighbours(emb: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """Average query expansion (Chum et al., 2007): each unit embedding plus its k most similar others of the set,
+    weighted by their cosine (a negative one counts 0), renormalised. Items of one group pull each other together
+    when the set holds several of them; the similarity matrix is built `chunk` rows at a time."""
+    k = min(k, len(emb) - 1)
+    if k < 1:
+        return emb
+    out = emb.clone()
+    for s in range(0, len(emb), chunk):
+        sim = emb[s:s + chunk] @ emb.T
+        rows = torch.arange(len(sim), device=emb.device)
+        sim[rows, rows + s] = -float("inf")  # not itself
+        weight, nearest = sim.topk(k, dim=1)
+        out[s:s + chunk] += (weight.clamp(min=0).unsqueeze(-1) * emb[nearest]).sum(1)
+    return nn.functional.normalize(out, dim=-1)
+
+
+def embed_each_text(cache: EmbeddingCache, data: PairTextDataset, device) -> torch.Tensor:
+    """(texts, dim): every distinct text of `data` through the embedding cache, which already holds those a pass
+    over the data embedded (under several processes, each process's share; the rest are embedded here)."""
+    rows = [data.special.single(head_tail(ids, data.budget, data.head_share)) for ids in data.ids]
+    width = max(1, max(len(r) for r in rows))
+    input_ids = torch.full((len(rows), width), data.pad_id or 0, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[r, :len(ids)] = 1
+    return cache(input_ids.to(device), attention_mask.to(device), torch.tensor(data.keys, dtype=torch.long))
+
+
 class BiEncoder(nn.Module):
     """Siamese encoder: backbone -> mean pooling over the mask -> L2-normalised embedding; the output is the
     cosine similarity of the two sides, shape (batch, 1). In eval mode, embeddings are cached by content key;
@@ -415,7 +445,7 @@ class PairTextDataset(torch.utils.data.Dataset):
                  head_share: float = 0.5, a=None, b=None, targets=None, swap: bool = False, groups=None):
         self.pairing, self.max_len, self.head_share, self.swap = pairing, int(max_len), head_share, swap
         self.groups = groups  # training, bi: each text's group code, for in_batch_pairs
-        self.special = SpecialTokens(tokenizer)
+        self.special, self.pad_id = SpecialTokens(tokenizer), tokenizer.pad_token_id
         extra = pairing.special_tokens(self.special)
         self.budget = self.max_len - extra
         if self.budget < 2:
@@ -489,6 +519,12 @@ class PairEncoding(ABC):
     def tta_views(self, family, cfg, batch):
         return family.tta_views(cfg, batch)
 
+    def refine_predictions(self, family, cfg, model, data: PairTextDataset, preds: np.ndarray, accelerator):
+        if cfg.query_expansion:
+            raise ConfigError("query_expansion needs encoder=bi (it averages the texts' embeddings); a cross-encoder "
+                              "has none: set query_expansion=0")
+        return preds
+
 
 class CrossPairs(PairEncoding):
     """encoder=cross: one transformer reads both texts, [CLS] a [SEP] b [SEP], the max_len budget split fairly and
@@ -555,6 +591,20 @@ class BiPairs(PairEncoding):
     def tta_views(self, family, cfg, batch):
         return [batch]  # cos(a, b) = cos(b, a): symmetric by construction
 
+    def refine_predictions(self, family, cfg, model, data, preds, accelerator):
+        """query_expansion=k: every scored pair's cosine again, after each text's embedding was averaged with its
+        k nearest texts of the data (expand_neighbours). Only the whole pass knows them all, so this runs after it."""
+        k = int(cfg.query_expansion)
+        if k < 0:
+            raise ConfigError(f"query_expansion must be 0 (off) or a number of neighbours, got {k}")
+        if not k or data.a is None:
+            return preds
+        with accelerator.autocast():
+            emb = embed_each_text(model.cache, data, accelerator.device)
+        emb = expand_neighbours(emb.float(), k)
+        cos = cosine_of_sides(emb, torch.as_tensor(data.a, device=emb.device), torch.as_tensor(data.b, device=emb.device))
+        return family.activate(cfg, cos).cpu().numpy().reshape(preds.shape)
+
 
 PAIRINGS = {"cross": CrossPairs(), "bi": BiPairs()}  # encoder= -> what differs between the two encoders
 
@@ -576,6 +626,8 @@ PAIR_DEFAULTS = {
     "mnrl_scale": 20.0,          # bi-encoder, loss=mnrl: cosines are multiplied by this before the softmax
     "in_batch_pairs": False,     # bi-encoder: the loss over every pair of a batch's distinct items (labelled by
                                  # group; positives and negatives weigh half each), not only the sampled pairs
+    "query_expansion": 0,        # bi-encoder: score pairs after each text's embedding took in its k nearest texts of
+                                 # the file being scored (expand_neighbours); 0: off
 }
 
 
@@ -718,3 +770,6 @@ class PairTextTask(TextTask):
 
     def tta_views(self, cfg, batch):
         return self.pairing(cfg).tta_views(super(), cfg, batch)
+
+    def refine_predictions(self, cfg, model, dataset, preds, accelerator):
+        return self.pairing(cfg).refine_predictions(super(), cfg, model, dataset, preds, accelerator)

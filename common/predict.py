@@ -21,7 +21,7 @@ from common.accelerator import create_accelerator
 from common.errors import ConfigError, NotFound
 from common.estimator import ESTIMATOR_FILE, estimator_predict
 from common.folds import assign_folds, fold_split, in_train_order, load_train_frame, oof_frame
-from common.metrics import get_metric, scores_with_threshold
+from common.metrics import get_metric, scores_with_threshold, tune_decision
 from common.runs import Run
 from common.task import FoldContext, Task, model_inputs
 from common.threads import one_thread_worker
@@ -50,6 +50,8 @@ def predict_loader(task: Task, cfg: DictConfig, accelerator: Accelerator, model,
     preds, index = np.concatenate(preds), np.concatenate(index)
     out = np.empty_like(preds)
     out[index] = preds  # rows come back in loader order; index makes that explicit
+    plain = accelerator.unwrap_model(model) if isinstance(model, torch.nn.Module) else model
+    out = task.refine_predictions(cfg, plain, loader.dataset, out, accelerator)
     if n:
         totals = accelerator.reduce(torch.tensor([loss_sum, n], device=accelerator.device), reduction="sum")
         return out, float(totals[0] / totals[1])
@@ -167,5 +169,12 @@ def rescore_oof(task: Task, run: Run, cfg: DictConfig) -> tuple[pd.DataFrame, di
     oof = in_train_order(task, oof, train_df)
     metric = get_metric(task.metric)
     cv, fold_scores = scores_with_threshold(metric, oof, classes, run.threshold(), run.class_bias())
-    return oof, {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv,
-                 "folds": fold_scores, "n_rows": len(oof)}
+    scores = {"metric": metric.name, "greater_is_better": metric.greater_is_better, "cv": cv, "folds": fold_scores,
+              "n_rows": len(oof)}
+    if task.thresholded or task.tunes_class_bias(cfg):
+        # a setting that moves the predictions (query expansion, TTA) moves the best cut too: tune it again here
+        threshold, bias, decision = tune_decision(metric, oof["target"].to_numpy(), oof[classes].to_numpy(),
+                                                  oof["fold"].to_numpy(), classes, task.thresholded,
+                                                  task.tunes_class_bias(cfg))
+        scores["retuned"] = {"cv": scores_with_threshold(metric, oof, classes, threshold, bias)[0], **decision}
+    return oof, scores

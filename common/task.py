@@ -147,6 +147,12 @@ class Task(ABC):
         """Logits -> the predictions stored in oof / test_preds (scores, probabilities): the loss's own."""
         return activate(self.loss_name(cfg), logits)
 
+    def refine_predictions(self, cfg: DictConfig, model, dataset: torch.utils.data.Dataset, preds: np.ndarray,
+                           accelerator) -> np.ndarray:
+        """A whole pass's predictions (every row of dataset, in row order), changed by what only the whole pass
+        shows (a bi-encoder's query expansion over all the texts scored); as they are unless a family says."""
+        return preds
+
     def tta_views(self, cfg: DictConfig, batch: dict) -> list[dict]:
         """The views of a batch that prediction averages (after activate) when tta is on; [batch] when off."""
         if cfg.tta:

@@ -400,3 +400,62 @@ def test_experiment_configs_load():
     for path in sorted((Path(TASK.config_path).parent / "experiments").glob("*.yaml")):
         cfg = TASK.config([f"experiment={path.stem}"])
         assert cfg.encoder in ("cross", "bi") and cfg.model, path.name
+
+
+# ---- the query expansion probe (competitions/codesim/neighbours.py) -----------------------------------------------
+def test_query_expansion_probe_embeds_what_the_run_scored(tiny_runs, demo_data):
+    """The probe's cosines are the run's own predictions (here against a fp32 rescore: the probe embeds in fp32)."""
+    from common import api
+    from competitions.codesim.neighbours import fold_embeddings, scored_files
+    run = tiny_runs["bi-inbatch"]
+    _, scores = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), precision="fp32")
+    rescored = pd.read_csv(run.dir / "oof_precision=fp32.csv")
+    corpus, _ = TASK.corpus(run.config())
+    code = dict(zip(corpus["file"], corpus["code"]))
+    sides = scored_files(TASK, run.config(), rescored)
+    files = sorted(set(sides[0]) | set(sides[1]))
+    emb = fold_embeddings(TASK, run, 0, [code[f] for f in files]).numpy()
+    where = {f: i for i, f in enumerate(files)}
+    cosine = (emb[sides[0].map(where)] * emb[sides[1].map(where)]).sum(1)
+    assert np.allclose(cosine, rescored["pred"], atol=1e-5)
+
+
+def test_query_expansion_scores_pairs_on_expanded_embeddings_and_needs_a_bi_encoder(tiny_runs, demo_data):
+    from common import api
+    from common.errors import ConfigError
+    from common.pairs import expand_neighbours
+    from competitions.codesim.neighbours import fold_embeddings
+    run, where = tiny_runs["bi-inbatch"], dict(data_dir=str(demo_data), precision="fp32")
+    test = TASK.load_test(run.config([f"data_dir={demo_data}"]), demo_data / "test.csv")
+    texts = list(pd.unique(pd.concat([test["code1"], test["code2"]])))
+    emb = expand_neighbours(fold_embeddings(TASK, run, 0, texts), 2).numpy()
+    at = {t: i for i, t in enumerate(texts)}
+    expected = np.clip((emb[test["code1"].map(at)] * emb[test["code2"].map(at)]).sum(1), 0, 1)
+    plain = api.predict(TASK, run, **where)["pred"]
+    expanded = api.predict(TASK, run, query_expansion=2, **where)["pred"]
+    assert np.allclose(expanded, expected, atol=1e-5) and not np.allclose(expanded, plain, atol=1e-3)
+    with pytest.raises(ConfigError, match="query_expansion needs encoder=bi"):
+        api.predict(TASK, tiny_runs["cross"], query_expansion=2, **where)
+    # rescore: the OOF expanded, and the cut tuned again on it (the run's cut was tuned on plain cosines)
+    from common.metrics import get_metric, tune_threshold
+    path, scores = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), query_expansion=2, **where)
+    oof = pd.read_csv(path)
+    cut = tune_threshold(oof["target"].to_numpy(), oof["pred"].to_numpy(), get_metric("accuracy"))
+    assert scores["retuned"]["threshold"] == cut
+    assert scores["retuned"]["cv"] == ((oof["pred"] >= cut) == oof["target"]).mean() >= scores["cv"]
+
+
+def test_query_expansion_pulls_a_program_towards_its_nearest_and_draws_use_each_program_once():
+    from common.pairs import expand_neighbours as expand
+    from competitions.codesim.neighbours import sparse_draw
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.6, 0.8],
+                                                      [0.0, 0.0, 1.0]]), dim=-1)
+    out = expand(emb, 1)
+    assert torch.allclose(out.norm(dim=1), torch.ones(4))
+    assert out[0] @ out[1] > emb[0] @ emb[1] and out[2] @ out[3] > emb[2] @ emb[3]
+    problems = np.repeat(np.arange(10), 3)
+    for seed in range(5):
+        pairs = sparse_draw(problems, np.random.default_rng(seed))
+        used = [i for i, j, _ in pairs] + [j for i, j, _ in pairs]
+        assert len(used) == len(set(used)) and all(same == (problems[i] == problems[j]) for i, j, same in pairs)
+        assert 0 < sum(same for *_, same in pairs) < len(pairs)

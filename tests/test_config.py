@@ -73,3 +73,5 @@ def test_old_run_configs_load_in_todays_names():
     old = OmegaConf.create({"seed": 3, "dropout": 0.2, "lr": 1e-4})
     cfg = upgrade(old)
     assert cfg.head_dropout == 0.2 and "dropout" not in cfg and cfg.fold_seed == 3 and cfg.checkpoint_every == 0
+    assert "query_expansion" not in cfg  # a family's new key joins only that family's runs
+    assert upgrade(OmegaConf.create({"seed": 3, "encoder": "bi"})).query_expansion == 0  # pair runs: off, as trained
