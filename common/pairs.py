@@ -7,6 +7,8 @@
 - `BiEncoder`: sentence-transformers style: one shared encoder, mean pooling, cosine similarity of the two
   embeddings. At inference it embeds every distinct item once (a cache keyed by the item's content hash), so
   a test of N pairs over M distinct items costs M forward passes, not 2N.
+- `expand_neighbours`: query expansion (`query_expansion=k`): after a pass, each item's embedding takes in its k
+  nearest items of the scored set before the pairs' cosines are taken (the refine_predictions hook).
 - `pair_batch`: the collation for BiEncoder: the distinct items of a batch, padded once, and two index vectors.
 - `SpecialTokens`, `fair_budget`, `head_tail`: a cross-encoder's pair input from pre-tokenized sides, the token
   budget split fairly between the two texts, each cut to its head and tail (tokenize each distinct text once).

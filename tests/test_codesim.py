@@ -404,12 +404,13 @@ def test_experiment_configs_load():
 
 # ---- the query expansion probe (competitions/codesim/neighbours.py) -----------------------------------------------
 def test_query_expansion_probe_embeds_what_the_run_scored(tiny_runs, demo_data):
-    """The probe's cosines are the run's own predictions (here against a fp32 rescore: the probe embeds in fp32)."""
+    """The probe's cosines are the run's own plain predictions (a fp32 rescore without expansion: the probe embeds in
+    fp32 and expands by itself)."""
     from common import api
     from competitions.codesim.neighbours import fold_embeddings, scored_files
     run = tiny_runs["bi-inbatch"]
-    _, scores = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), precision="fp32")
-    rescored = pd.read_csv(run.dir / "oof_precision=fp32.csv")
+    path, _ = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), precision="fp32", query_expansion=0)
+    rescored = pd.read_csv(path)
     corpus, _ = TASK.corpus(run.config())
     code = dict(zip(corpus["file"], corpus["code"]))
     sides = scored_files(TASK, run.config(), rescored)
@@ -431,17 +432,18 @@ def test_query_expansion_scores_pairs_on_expanded_embeddings_and_needs_a_bi_enco
     emb = expand_neighbours(fold_embeddings(TASK, run, 0, texts), 2).numpy()
     at = {t: i for i, t in enumerate(texts)}
     expected = np.clip((emb[test["code1"].map(at)] * emb[test["code2"].map(at)]).sum(1), 0, 1)
-    plain = api.predict(TASK, run, **where)["pred"]
-    expanded = api.predict(TASK, run, query_expansion=2, **where)["pred"]
+    assert run.config().query_expansion == 2  # the default
+    plain = api.predict(TASK, run, query_expansion=0, **where)["pred"]
+    expanded = api.predict(TASK, run, **where)["pred"]
     assert np.allclose(expanded, expected, atol=1e-5) and not np.allclose(expanded, plain, atol=1e-3)
     with pytest.raises(ConfigError, match="query_expansion needs encoder=bi"):
         api.predict(TASK, tiny_runs["cross"], query_expansion=2, **where)
-    # rescore: the OOF expanded, and the cut tuned again on it (the run's cut was tuned on plain cosines)
+    # rescore: the OOF without expansion, and the cut tuned again on it (the run's cut was tuned on expanded cosines)
     from common.metrics import get_metric, tune_threshold
-    path, scores = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), query_expansion=2, **where)
+    path, scores = api.rescore(TASK, run, runs_dir=str(run.dir.parent.parent), query_expansion=0, **where)
     oof = pd.read_csv(path)
     cut = tune_threshold(oof["target"].to_numpy(), oof["pred"].to_numpy(), get_metric("accuracy"))
-    assert scores["retuned"]["threshold"] == cut
+    assert scores["retuned"]["threshold"] == pytest.approx(cut, abs=1e-6)  # the CSV keeps 10 digits
     assert scores["retuned"]["cv"] == ((oof["pred"] >= cut) == oof["target"]).mean() >= scores["cv"]
 
 
