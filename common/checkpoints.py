@@ -32,6 +32,7 @@ def save_resume_state(accelerator: Accelerator, fold_dir: Path, state: dict, ext
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: none may still be writing at the rename
     if accelerator.is_main_process:
         for name, tensors in (extra or {}).items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
