@@ -490,6 +490,7 @@ class PairEncoding(ABC):
     loss_kind: str               # the kind of output, for the loss registry (common/losses.py)
     default_loss: str            # loss= unset
     in_batch_pairs: bool         # can train on every pair of a batch's distinct texts
+    expands: bool                # has text embeddings for query_expansion to average
 
     @abstractmethod
     def special_tokens(self, special: SpecialTokens) -> int:
@@ -522,9 +523,7 @@ class PairEncoding(ABC):
         return family.tta_views(cfg, batch)
 
     def refine_predictions(self, family, cfg, model, data: PairTextDataset, preds: np.ndarray, accelerator):
-        if cfg.query_expansion:
-            raise ConfigError("query_expansion needs encoder=bi (it averages the texts' embeddings); a cross-encoder "
-                              "has none: set query_expansion=0")
+        """The predictions of a whole pass, changed where the encoder scores better with all of them in sight."""
         return preds
 
 
@@ -534,6 +533,7 @@ class CrossPairs(PairEncoding):
 
     loss_kind, default_loss = "binary", "bce"
     in_batch_pairs = False  # it scores only the pairs it reads
+    expands = False         # no embedding of a single text
 
     def special_tokens(self, special: SpecialTokens) -> int:
         return special.pair_extra
@@ -561,6 +561,7 @@ class BiPairs(PairEncoding):
 
     loss_kind, default_loss = "pair_embedding", "cosine"
     in_batch_pairs = True
+    expands = True
 
     def special_tokens(self, special: SpecialTokens) -> int:
         return special.single_extra
@@ -597,8 +598,6 @@ class BiPairs(PairEncoding):
         """query_expansion=k: every scored pair's cosine again, after each text's embedding was averaged with its
         k nearest texts of the data (expand_neighbours). Only the whole pass knows them all, so this runs after it."""
         k = int(cfg.query_expansion)
-        if k < 0:
-            raise ConfigError(f"query_expansion must be 0 (off) or a number of neighbours, got {k}")
         if not k or data.a is None:
             return preds
         with accelerator.autocast():
@@ -720,11 +719,23 @@ class PairTextTask(TextTask):
         return read_csv(path, keep_default_na=False)
 
     # ---- network ------------------------------------------------------------------------------
+    def check_config(self, cfg: DictConfig) -> None:
+        super().check_config(cfg)
+        self.pairing(cfg)
+        self.in_batch(cfg)
+
     def pairing(self, cfg: DictConfig) -> PairEncoding:
         """The encoder `encoder=` names (CrossPairs or BiPairs): everything that differs between the two."""
         if cfg.encoder not in PAIRINGS:
             raise ConfigError(f"encoder must be one of {', '.join(PAIRINGS)}, got {cfg.encoder!r}")
-        return PAIRINGS[cfg.encoder]
+        pairing = PAIRINGS[cfg.encoder]
+        k = int(cfg.query_expansion)  # checked here, before any training: the expansion itself runs at predict time
+        if k < 0:
+            raise ConfigError(f"query_expansion must be 0 (off) or a number of neighbours, got {k}")
+        if k and not pairing.expands:
+            raise ConfigError("query_expansion needs encoder=bi (it averages the texts' embeddings); a cross-encoder "
+                              "has none: set query_expansion=0")
+        return pairing
 
     def dataset(self, cfg, df, mode, ctx):
         tokenizer = load_tokenizer(cfg.model, ctx.run_dir)

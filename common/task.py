@@ -213,6 +213,11 @@ class Task(ABC):
         """A binary task scored on labels: its cut is tuned on the run's OOF (threshold.json) and used by submit."""
         return self.kind == "binary" and self.metric in LABEL_METRICS
 
+    def check_config(self, cfg: DictConfig) -> None:
+        """Raise ConfigError for settings this task cannot run with. Training calls it before the run folder is
+        written, so a refused setting leaves nothing behind that a corrected command would have to match."""
+        self.tunes_class_bias(cfg)
+
     def tunes_class_bias(self, cfg: DictConfig) -> bool:
         """class_bias=true on a multiclass task scored on labels: per-class biases are tuned on the run's OOF
         (class_bias.json) and used by submit. Refused on any other task, before anything trains."""

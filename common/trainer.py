@@ -70,7 +70,7 @@ def train(task: Task, cfg: DictConfig, on_evaluate: EvalCallback | None = None) 
     if not cfg.run_name:  # every process must agree on the timestamped name
         cfg.run_name = broadcast_object_list([time.strftime("%Y%m%d-%H%M%S")])[0]
     train_df, classes = load_train_frame(task, cfg)  # bad input fails here, before anything is written
-    task.tunes_class_bias(cfg)  # so does class_bias=true on a task it is not for
+    task.check_config(cfg)  # so does a setting the task cannot run with (class_bias=true on a regression, ...)
     run = Run.create(task.name, cfg, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     accelerator.print(f"run folder: {run.dir}")

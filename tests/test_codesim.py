@@ -447,6 +447,18 @@ def test_query_expansion_scores_pairs_on_expanded_embeddings_and_needs_a_bi_enco
     assert scores["retuned"]["cv"] == ((oof["pred"] >= cut) == oof["target"]).mean() >= scores["cv"]
 
 
+def test_bad_query_expansion_stops_training_before_the_run_folder_is_written(demo_data, tmp_path):
+    from common import api
+    from common.errors import ConfigError
+    for bad, message in (("encoder=cross", "query_expansion needs encoder=bi"),
+                         ("query_expansion=-1", "query_expansion must be 0 .off. or a number of neighbours, got -1")):
+        cfg = TASK.config([f"data_dir={demo_data}", f"runs_dir={tmp_path}", "run_name=bad", *TINY, "in_batch_pairs=false",
+                           "query_expansion=2", bad])
+        with pytest.raises(ConfigError, match=message):
+            api.train(TASK, cfg)
+        assert not (tmp_path / "codesim/bad").exists()  # refused before the run folder: the fixed command may reuse it
+
+
 def test_query_expansion_pulls_a_program_towards_its_nearest_and_draws_use_each_program_once():
     from common.pairs import expand_neighbours as expand
     from competitions.codesim.neighbours import sparse_draw
